@@ -1,0 +1,46 @@
+"""A teacher without an LLM: the task answers prompts with its own code (e.g. Game of 24 by backward
+reasoning from a selected puzzle plus a solver's step-by-step solution, as Kessler et al. 2025,
+arXiv 2512.00884, do for that task with a verifier).
+
+Tokens are still counted, with the configured tokenizer, so budgets and ledgers read the same as for an
+LLM teacher.
+"""
+from __future__ import annotations
+
+import random
+
+from actors.engines.base import Generation, SamplingParams
+from loopdistill.config import ModelConfig
+from loopdistill.models import format_prompt, load_tokenizer
+from tasks import get_task
+
+
+class ProgrammaticEngine:
+    """Engine that calls `Task.programmatic_teacher(prompt, rng)`.
+
+    Args:
+        task_name: a task whose `has_programmatic_teacher` is True.
+        model: only its tokenizer is used, to count tokens.
+    """
+
+    def __init__(self, task_name: str, model: ModelConfig):
+        self.task = get_task(task_name)
+        if not self.task.has_programmatic_teacher:
+            raise ValueError(f"task {task_name!r} has no programmatic teacher")
+        self.config = model
+        self.tokenizer = load_tokenizer(model.path)
+
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        return [self._count(format_prompt(self.tokenizer, p, self.config.use_chat_template)) for p in prompts]
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        rng = random.Random(params.seed)
+        inputs = self.count_tokens(prompts)
+        out = []
+        for prompt, n_in in zip(prompts, inputs):
+            text = self.task.programmatic_teacher(prompt, rng)
+            out.append(Generation(text=text, input_tokens=n_in, output_tokens=self._count(text)))
+        return out

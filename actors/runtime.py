@@ -1,0 +1,38 @@
+"""Small helpers every actor uses: device choice, CPU threads and busy-time accounting."""
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+
+
+def pick_device(num_gpus: float) -> str:
+    """"cuda" when the actor was given a GPU and one is visible, else "cpu"."""
+    import torch
+
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def use_all_cpu_threads() -> None:
+    """Let torch use every core. The loop's stages run one after another (predict, generate, train),
+    so the actor that is working should have the machine; Ray's default of one thread per
+    reserved CPU would leave cores idle."""
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+
+class BusyClock:
+    """Seconds an actor spent inside its work methods: the accelerator-seconds the ledger charges
+    (on a CPU-only actor, the CPU wall time of that actor's work)."""
+
+    def __init__(self) -> None:
+        self.total_s = 0.0
+
+    @contextmanager
+    def measure(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.total_s += time.perf_counter() - start

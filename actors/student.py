@@ -1,0 +1,76 @@
+"""StudentScorerActor: the student's greedy answers with their loss, correctness and confidence."""
+from __future__ import annotations
+
+import math
+
+import pyarrow as pa
+
+from actors.engines import Generation, SamplingParams
+from actors.engines.transformers_engine import TransformersEngine
+from actors.runtime import BusyClock, pick_device, use_all_cpu_threads
+from loopdistill.config import StudentConfig
+from loopdistill.schemas import PREDICTIONS, SEEDS, make_table, require_columns
+from tasks import get_task
+
+
+class StudentScorerActor:
+    """Base model + the current LoRA adapter (long-lived; only the adapter changes per iteration).
+
+    Args:
+        config: the student section of the run config.
+        task_name: gives the answer prompt, answer extraction and verifier.
+
+    Raises:
+        loopdistill.models.ModelLoadError: the student model does not load.
+    """
+
+    def __init__(self, config: StudentConfig, task_name: str):
+        self.config = config
+        self.task = get_task(task_name)
+        device = pick_device(config.num_gpus)
+        if device == "cpu":
+            use_all_cpu_threads()
+        self.engine = TransformersEngine(config.model, batch_size=config.batch_size, device=device)
+        self.clock = BusyClock()
+
+    def set_adapter(self, adapter_dir: str | None) -> None:
+        """Serve the LoRA adapter in `adapter_dir` (None: the base model)."""
+        self.engine.set_adapter(adapter_dir)
+
+    def predict(self, examples: pa.Table) -> pa.Table:
+        """Greedy answers to every question, scored.
+
+        examples: SEEDS rows (n). Returns PREDICTIONS (n rows, same order) where
+        loss = mean NLL (nats/token) of the student's own generated tokens, taken from the generation
+        logprobs (no extra forward pass; Kessler et al. 2025, arXiv 2512.00884, "loss (high)"),
+        correct = the task verifier on the answer, confidence = exp(sum logprob) of the final-answer
+        tokens (0 when no answer can be extracted).
+        """
+        require_columns(examples, SEEDS, "StudentScorerActor.predict")
+        prompts = [self.task.answer_prompt(q) for q in examples.column("question").to_pylist()]
+        params = SamplingParams(self.config.max_new_tokens, temperature=0.0, logprobs=True)
+        with self.clock.measure():
+            gens = self.engine.generate(prompts, params)
+        refs = examples.column("reference").to_pylist()
+        ids = examples.column("id").to_pylist()
+        return make_table(PREDICTIONS, [self._row(i, g, r) for i, g, r in zip(ids, gens, refs)])
+
+    def _row(self, example_id: str, gen: Generation, reference: str) -> dict:
+        loss = -sum(gen.token_logprobs) / len(gen.token_logprobs) if gen.token_logprobs else 0.0
+        return {
+            "id": example_id,
+            "prediction": gen.text,
+            "output_tokens": gen.output_tokens,
+            "loss": loss,
+            "confidence": self._confidence(gen),
+            "correct": bool(self.task.verify(gen.text, reference)),
+        }
+
+    def _confidence(self, gen: Generation) -> float:
+        span = self.task.answer_span(gen.text)
+        logprob = gen.span_logprob(*span) if span else None
+        return math.exp(logprob) if logprob is not None else 0.0
+
+    def busy_seconds(self) -> float:
+        """Cumulative seconds spent generating."""
+        return self.clock.total_s

@@ -1,0 +1,121 @@
+"""The budget ledger: every teacher token, sample and accelerator-second, against hard limits.
+
+Requests are reserved at their worst case (prompt tokens + max_new_tokens) before they are sent and
+settled at the real count afterwards, so a limit is never overspent (DESIGN.md, compute-budget
+accounting). Pure logic, no Ray.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from loopdistill.config import BudgetConfig
+
+
+class BudgetExhausted(RuntimeError):
+    """The remaining budget cannot pay for the next unit of work; the message says which limit."""
+
+
+@dataclass
+class Spent:
+    teacher_input_tokens: int = 0
+    teacher_output_tokens: int = 0
+    teacher_requests: int = 0
+    teacher_samples: int = 0
+    accelerator_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class BudgetLedger:
+    """Tracks spend against `BudgetConfig` limits (None = unlimited)."""
+
+    def __init__(self, limits: BudgetConfig):
+        self.limits = limits
+        self.spent = Spent()
+
+    # --- money --------------------------------------------------------------------------------
+    def usd(self, input_tokens: int, output_tokens: int) -> float:
+        lim = self.limits
+        return (input_tokens * lim.usd_per_million_input_tokens + output_tokens * lim.usd_per_million_output_tokens) / 1e6
+
+    def usd_spent(self) -> float:
+        return self.usd(self.spent.teacher_input_tokens, self.spent.teacher_output_tokens)
+
+    # --- teacher requests ---------------------------------------------------------------------
+    def affordable_requests(self, prompt_tokens: list[int], max_new_tokens: int) -> int:
+        """How many of these requests, taken in order, fit in the remaining budget when each is
+        reserved at prompt_tokens[i] + max_new_tokens."""
+        lim, s = self.limits, self.spent
+        n_in, n_out = s.teacher_input_tokens, s.teacher_output_tokens
+        for count, tokens in enumerate(prompt_tokens):
+            n_in, n_out = n_in + tokens, n_out + max_new_tokens
+            over = (
+                (lim.teacher_input_tokens is not None and n_in > lim.teacher_input_tokens)
+                or (lim.teacher_output_tokens is not None and n_out > lim.teacher_output_tokens)
+                or (lim.usd is not None and self.usd(n_in, n_out) > lim.usd)
+            )
+            if over:
+                return count
+        return len(prompt_tokens)
+
+    def charge_teacher(self, input_tokens: int, output_tokens: int, requests: int) -> None:
+        """Settle answered requests at their real token counts."""
+        self.spent.teacher_input_tokens += int(input_tokens)
+        self.spent.teacher_output_tokens += int(output_tokens)
+        self.spent.teacher_requests += int(requests)
+
+    # --- samples and seconds ------------------------------------------------------------------
+    def samples_left(self) -> Optional[int]:
+        """Synthetic pairs that may still be kept (None = unlimited)."""
+        lim = self.limits.teacher_samples
+        return None if lim is None else max(0, lim - self.spent.teacher_samples)
+
+    def charge_samples(self, n: int) -> None:
+        self.spent.teacher_samples += int(n)
+
+    def charge_seconds(self, actor: str, seconds: float) -> None:
+        """Add busy seconds of one actor role (teacher, student, trainer)."""
+        self.spent.accelerator_seconds[actor] = self.spent.accelerator_seconds.get(actor, 0.0) + float(seconds)
+
+    def accelerator_seconds(self) -> float:
+        return sum(self.spent.accelerator_seconds.values())
+
+    # --- gates --------------------------------------------------------------------------------
+    def exhausted(self) -> Optional[str]:
+        """Why no further work can start, or None. A limit counts as exhausted once fully spent."""
+        lim, s = self.limits, self.spent
+        checks = [
+            ("teacher_input_tokens", s.teacher_input_tokens, lim.teacher_input_tokens),
+            ("teacher_output_tokens", s.teacher_output_tokens, lim.teacher_output_tokens),
+            ("teacher_samples", s.teacher_samples, lim.teacher_samples),
+            ("accelerator_seconds", self.accelerator_seconds(), lim.accelerator_seconds),
+            ("usd", self.usd_spent(), lim.usd),
+        ]
+        for name, used, limit in checks:
+            if limit is not None and used >= limit:
+                return f"budget.{name} exhausted: spent {used:.6g} of {limit:.6g}"
+        return None
+
+    def require(self) -> None:
+        """Raises BudgetExhausted when `exhausted()` names a limit."""
+        reason = self.exhausted()
+        if reason:
+            raise BudgetExhausted(reason)
+
+    # --- reporting ----------------------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """Every figure, with units in the names, for MLflow."""
+        s = self.spent
+        out = {
+            "budget/teacher_input_tokens": s.teacher_input_tokens,
+            "budget/teacher_output_tokens": s.teacher_output_tokens,
+            "budget/teacher_tokens": s.teacher_input_tokens + s.teacher_output_tokens,
+            "budget/teacher_requests": s.teacher_requests,
+            "budget/teacher_samples": s.teacher_samples,
+            "budget/accelerator_seconds": self.accelerator_seconds(),
+            "budget/usd": self.usd_spent(),
+        }
+        out.update({f"budget/{k}_seconds": v for k, v in s.accelerator_seconds.items()})
+        return out
+
+    def state(self) -> dict:
+        return asdict(self.spent)

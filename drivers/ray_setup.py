@@ -1,0 +1,37 @@
+"""Connecting the driver to Ray: a running cluster (ray job submit, RAY_ADDRESS) or local Ray."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import ray
+
+from loopdistill.config import RunConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def logical_cpus_needed(config: RunConfig) -> float:
+    """CPUs the actors reserve: teacher replicas + student + trainer ranks."""
+    t, s, tr = config.teacher, config.student, config.trainer
+    return t.num_replicas * t.num_cpus + s.num_cpus + tr.num_ranks * tr.num_cpus_per_rank
+
+
+def init_ray(config: RunConfig) -> None:
+    """Connect to `ray.address` or $RAY_ADDRESS when set, else start local Ray.
+
+    Local Ray gets max(cores, CPUs the actors reserve) logical CPUs: the loop's stages run one after
+    another, so actors that reserve a CPU each can share a 2-core laptop without deadlocking on
+    scheduling. Workers inherit PYTHONPATH with the checkout, so `python -m drivers.cli` works from a
+    checkout without installing.
+    """
+    if ray.is_initialized():
+        return
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    paths = [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    cpus = config.ray.num_cpus or max(os.cpu_count() or 1, int(-(-logical_cpus_needed(config) // 1)))
+    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False)

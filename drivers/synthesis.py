@@ -1,0 +1,119 @@
+"""Step 4 of Algorithm 1: teacher requests from selected seeds, parsing, and near-duplicate filtering.
+
+Source: Kessler et al. 2025, arXiv 2512.00884, Algorithm 1 (question rewrite with k few-shot seeds, then
+an answer with chain of thought; drop questions whose ROUGE-L against earlier synthetic questions
+exceeds 0.7, after Self-Instruct, Wang et al. 2023, Sec. 2.3).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pyarrow as pa
+from rouge_score import rouge_scorer
+
+from loopdistill.schemas import SYNTHETIC, TEACHER_REQUESTS, TEACHER_RESPONSES, make_table, require_columns
+from tasks import Task
+
+
+@dataclass
+class Candidate:
+    """A parsed synthetic question waiting for its answer; token counts accumulate both requests."""
+
+    parent_id: str
+    question: str
+    input_tokens: int
+    output_tokens: int
+
+
+def rewrite_requests(task: Task, selected: list[dict], pool: list[dict], k: int, iteration: int, seed: int) -> pa.Table:
+    """TEACHER_REQUESTS, one per selected seed (SEEDS row dicts), each with k few-shot examples drawn
+    from the pool D0 without the selected seed itself."""
+    rng = random.Random(f"{seed}-{iteration}")
+    rows = []
+    for row in selected:
+        others = [p for p in pool if p["id"] != row["id"]]
+        shots = rng.sample(others, min(k, len(others)))
+        rows.append({"request_id": f"it{iteration}-rewrite-{row['id']}", "prompt": task.rewrite_prompt(row, shots)})
+    return make_table(TEACHER_REQUESTS, rows)
+
+
+def parse_rewrites(task: Task, selected: list[dict], responses: pa.Table) -> tuple[list[Candidate], int]:
+    """Candidates from rewrite responses (in request order) and the count that could not be parsed."""
+    require_columns(responses, TEACHER_RESPONSES, "parse_rewrites")
+    out, bad = [], 0
+    for row, resp in zip(selected, responses.to_pylist()):
+        question = task.parse_rewrite(resp["text"])
+        if question is None:
+            bad += 1
+            continue
+        out.append(Candidate(row["id"], question, resp["input_tokens"], resp["output_tokens"]))
+    return out, bad
+
+
+class Deduplicator:
+    """Drops exact duplicates (by `Task.dedup_key`) and, for tasks with `rouge_dedup`, questions whose
+    ROUGE-L F-measure (the `rouge-score` package) against an earlier one exceeds `threshold`."""
+
+    def __init__(self, task: Task, threshold: float):
+        self.task = task
+        self.threshold = threshold
+        self.scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+
+    def max_similarity(self, question: str, others: list[str]) -> float:
+        return max((self.scorer.score(o, question)["rougeL"].fmeasure for o in others), default=0.0)
+
+    def filter(self, candidates: list[Candidate], earlier: list[str]) -> tuple[list[Candidate], int]:
+        """Keep candidates unlike every earlier question and every candidate kept before them.
+        Returns (kept, number dropped)."""
+        seen, kept = list(earlier), []
+        keys = {self.task.dedup_key(q) for q in earlier}
+        for cand in candidates:
+            key = self.task.dedup_key(cand.question)
+            if key in keys:
+                continue
+            if self.task.rouge_dedup and self.max_similarity(cand.question, seen) > self.threshold:
+                continue
+            kept.append(cand)
+            seen.append(cand.question)
+            keys.add(key)
+        return kept, len(candidates) - len(kept)
+
+
+def answer_requests(task: Task, candidates: list[Candidate], iteration: int) -> pa.Table:
+    """TEACHER_REQUESTS asking the teacher to answer each candidate question with reasoning."""
+    rows = [
+        {"request_id": f"it{iteration}-answer-{c.parent_id}", "prompt": task.answer_prompt(c.question)}
+        for c in candidates
+    ]
+    return make_table(TEACHER_REQUESTS, rows)
+
+
+def build_synthetic(
+    task: Task, candidates: list[Candidate], responses: pa.Table, iteration: int, strategy: str
+) -> tuple[pa.Table, int]:
+    """SYNTHETIC rows from answered candidates, and the count of answers dropped because they could
+    not be parsed (no extractable final answer) or fail the task's verifier against the reference
+    derived from the question (e.g. a Game of 24 expression that does not make 24). Dropped answers
+    are counted, never crash the iteration."""
+    require_columns(responses, TEACHER_RESPONSES, "build_synthetic")
+    rows, bad = [], 0
+    for cand, resp in zip(candidates, responses.to_pylist()):
+        reference = task.reference_for(cand.question, resp["text"])
+        if reference is None or not task.verify(resp["text"], reference):
+            bad += 1
+            continue
+        rows.append(
+            {
+                "id": f"syn-it{iteration}-{cand.parent_id}",
+                "parent_id": cand.parent_id,
+                "iteration": iteration,
+                "strategy": strategy,
+                "question": cand.question,
+                "answer": resp["text"].strip(),
+                "reference": reference,
+                "teacher_input_tokens": cand.input_tokens + resp["input_tokens"],
+                "teacher_output_tokens": cand.output_tokens + resp["output_tokens"],
+            }
+        )
+    return make_table(SYNTHETIC, rows), bad

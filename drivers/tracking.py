@@ -1,0 +1,87 @@
+"""MLflow tracking: one run per experiment; only the driver writes to it.
+
+Default store: a SQLite file under the output directory (embedded, no server), artifacts beside it;
+MLFLOW_TRACKING_URI (or tracking.tracking_uri) points at a server instead.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from loopdistill.config import RunConfig, TrackingConfig
+
+
+def tracking_uri(config: TrackingConfig) -> str:
+    """tracking.tracking_uri, else $MLFLOW_TRACKING_URI, else sqlite:///<output_dir>/mlflow.db."""
+    if config.tracking_uri:
+        return config.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    root = Path(config.output_dir).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def _experiment_id(client: MlflowClient, config: TrackingConfig, uri: str) -> str:
+    found = client.get_experiment_by_name(config.experiment)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if uri.startswith("sqlite:"):
+        # Without this MLflow puts artifacts under ./mlruns of whatever directory the driver runs in.
+        location = (Path(config.output_dir).resolve() / "mlartifacts").as_uri()
+    return client.create_experiment(config.experiment, artifact_location=location)
+
+
+def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+class Tracker:
+    """Wraps one MLflow run. Use as a context manager: the run ends FINISHED, or FAILED on an error
+    (everything logged before the error stays in the store)."""
+
+    def __init__(self, config: RunConfig, run_dir: Path, run_name: Optional[str] = None):
+        self.uri = tracking_uri(config.tracking)
+        mlflow.set_tracking_uri(self.uri)
+        client = MlflowClient(self.uri)
+        self.experiment_id = _experiment_id(client, config.tracking, self.uri)
+        self.config = config
+        self.run_dir = run_dir
+        self.run_name = run_name
+
+    def __enter__(self) -> "Tracker":
+        self.run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name)
+        mlflow.log_params(flatten(self.config.model_dump(mode="json")))
+        mlflow.set_tag("run_dir", str(self.run_dir))
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            mlflow.set_tag("error", f"{exc_type.__name__}: {exc}"[:4000])
+        mlflow.end_run(status="FAILED" if exc is not None else "FINISHED")
+
+    @property
+    def run_id(self) -> str:
+        return self.run.info.run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+    def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
+        mlflow.log_artifacts(str(local_dir), artifact_path=artifact_path)
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        mlflow.set_tags(tags)

@@ -1,0 +1,16 @@
+"""Task registry: name -> Task instance (loading, prompts, answer extraction, verifier)."""
+from tasks.base import DataError, Splits, Task
+from tasks.game24 import Game24Task
+from tasks.gsm8k import GSM8KTask
+
+TASKS: dict[str, Task] = {task.name: task for task in (GSM8KTask(), Game24Task())}
+
+
+def get_task(name: str) -> Task:
+    """Raises ValueError listing the valid task names."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid: {sorted(TASKS)}")
+    return TASKS[name]
+
+
+__all__ = ["TASKS", "DataError", "Splits", "Task", "get_task"]

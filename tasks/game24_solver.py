@@ -1,0 +1,146 @@
+"""Game of 24 arithmetic: an exact solver, a safe expression checker, and backward puzzle generation.
+
+Exact rational arithmetic (fractions.Fraction) throughout, so 8 / (3 - 8 / 3) = 24 counts.
+Step format follows Tree of Thoughts (Yao et al. 2023, Sec. 4.1): "a op b = c (left: ...)".
+"""
+from __future__ import annotations
+
+import ast
+import random
+from fractions import Fraction
+from typing import Optional
+
+TARGET = Fraction(24)
+OPS = ("+", "-", "*", "/")
+
+
+def _apply(a: Fraction, op: str, b: Fraction) -> Optional[Fraction]:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    return a / b if b != 0 else None
+
+
+def _fmt(x: Fraction) -> str:
+    return str(x.numerator) if x.denominator == 1 else f"{x.numerator}/{x.denominator}"
+
+
+def _search(items: list[tuple[Fraction, str]], steps: list[str], plain: bool) -> Optional[tuple[list[str], str]]:
+    """Depth-first over pairs; items are (value, expression). Returns (steps, final expression).
+    plain: only non-negative integer intermediate results (the solutions a person writes first)."""
+    if len(items) == 1:
+        return (steps, items[0][1]) if items[0][0] == TARGET else None
+    for i in range(len(items)):
+        for j in range(len(items)):
+            if i == j:
+                continue
+            (a, ea), (b, eb) = items[i], items[j]
+            rest = [items[k] for k in range(len(items)) if k not in (i, j)]
+            for op in OPS:
+                if op in "+*" and i > j:  # commutative: try each unordered pair once
+                    continue
+                value = _apply(a, op, b)
+                if value is None or (plain and (value < 0 or value.denominator != 1)):
+                    continue
+                left = sorted([v for v, _ in rest] + [value])
+                step = f"{_fmt(a)} {op} {_fmt(b)} = {_fmt(value)} (left: {' '.join(_fmt(v) for v in left)})"
+                found = _search(rest + [(value, f"({ea} {op} {eb})")], steps + [step], plain)
+                if found:
+                    return found
+    return None
+
+
+def solve(numbers: list[int]) -> Optional[list[str]]:
+    """Step-by-step solution lines ending "Answer: <expression> = 24", or None when unsolvable.
+    Deterministic: the first solution in a fixed search order."""
+    items = [(Fraction(n), str(n)) for n in numbers]
+    found = _search(items, [], plain=True) or _search(items, [], plain=False)
+    if found is None:
+        return None
+    steps, expr = found
+    return steps + [f"Answer: {_strip_outer(expr)} = 24"]
+
+
+def is_solvable(numbers: list[int]) -> bool:
+    return solve(numbers) is not None
+
+
+def _strip_outer(expr: str) -> str:
+    if expr.startswith("(") and expr.endswith(")"):
+        depth = 0
+        for i, ch in enumerate(expr):
+            depth += {"(": 1, ")": -1}.get(ch, 0)
+            if depth == 0 and i < len(expr) - 1:
+                return expr
+        return expr[1:-1]
+    return expr
+
+
+class ExpressionError(ValueError):
+    """An expression that is not plain arithmetic on integers (or divides by zero)."""
+
+
+_AST_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+
+def evaluate(expression: str) -> tuple[Fraction, list[int]]:
+    """(exact value, the integer literals used) of an arithmetic expression.
+
+    Only integer literals, + - * / and parentheses are accepted; anything else (names, calls,
+    attributes, powers) raises ExpressionError, so untrusted model output is never executed.
+    """
+    try:
+        tree = ast.parse(expression.replace("×", "*").replace("÷", "/"), mode="eval")
+    except SyntaxError as err:
+        raise ExpressionError(f"not an arithmetic expression: {expression!r}") from err
+    used: list[int] = []
+    return _eval(tree.body, used), used
+
+
+def _eval(node: ast.AST, used: list[int]) -> Fraction:
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        used.append(node.value)
+        return Fraction(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _AST_OPS:
+        value = _apply(_eval(node.left, used), _AST_OPS[type(node.op)], _eval(node.right, used))
+        if value is None:
+            raise ExpressionError("division by zero")
+        return value
+    raise ExpressionError(f"unsupported element {type(node).__name__}")
+
+
+def backward_puzzle(anchor: list[int], rng: random.Random, tries: int = 200) -> Optional[list[int]]:
+    """A new solvable puzzle built backwards from 24, reusing numbers of `anchor` where it can.
+
+    Start from [24]; repeatedly split one value v into (x, y) with x op y = v and x, y integers in 1..13,
+    until four numbers remain (the method's backward reasoning for Game of 24, Kessler et al. 2025,
+    arXiv 2512.00884). With probability 0.5 x is drawn from the anchor's numbers. Returns None when no
+    different puzzle was found within `tries`.
+    """
+    for _ in range(tries):
+        values = [24]
+        while len(values) < 4:
+            v = values.pop(rng.randrange(len(values)))
+            split = _split(v, anchor, rng)
+            if split is None:
+                break
+            values.extend(split)
+        if len(values) == 4 and sorted(values) != sorted(anchor) and is_solvable(values):
+            return sorted(values)
+    return None
+
+
+def _split(v: int, anchor: list[int], rng: random.Random) -> Optional[tuple[int, int]]:
+    pairs = []
+    for x in range(1, 14):
+        for y, ok in ((v - x, True), (x - v, True), (v // x if v % x == 0 else 0, True), (v * x, True)):
+            if ok and 1 <= y <= 13:
+                pairs.append((x, y))
+    if not pairs:
+        return None
+    preferred = [p for p in pairs if p[0] in anchor]
+    pool = preferred if preferred and rng.random() < 0.5 else pairs
+    return rng.choice(pool)

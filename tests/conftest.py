@@ -1,0 +1,34 @@
+"""Shared fixtures: one local Ray for the whole session, and the benchmark data beside the repo."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    """$LOOPDISTILL_DATA, else ../shared/data beside the checkout (never committed)."""
+    return Path(os.environ.get("LOOPDISTILL_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = data_root()
+    if not root.is_dir():
+        pytest.skip(f"benchmark data not found at {root}")
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """Local Ray with 4 logical CPUs (actors reserve 1 each; the loop's stages run one at a time)."""
+    import ray
+
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -1,0 +1,48 @@
+import pytest
+
+from drivers.budget import BudgetExhausted, BudgetLedger
+from loopdistill.config import BudgetConfig
+
+
+def test_reservation_counts_prompt_plus_max_new_tokens():
+    ledger = BudgetLedger(BudgetConfig(teacher_input_tokens=100, teacher_output_tokens=50))
+    # each request reserves 20 input + 20 output: two fit the output limit (40 <= 50), three do not
+    assert ledger.affordable_requests([20, 20, 20, 20], max_new_tokens=20) == 2
+
+
+def test_settle_at_real_count_frees_the_unused_reservation():
+    ledger = BudgetLedger(BudgetConfig(teacher_output_tokens=50))
+    assert ledger.affordable_requests([1, 1, 1], max_new_tokens=20) == 2
+    ledger.charge_teacher(input_tokens=2, output_tokens=10, requests=2)
+    assert ledger.affordable_requests([1, 1, 1], max_new_tokens=20) == 2
+    assert ledger.metrics()["budget/teacher_tokens"] == 12
+
+
+def test_usd_limit():
+    ledger = BudgetLedger(BudgetConfig(usd=1.0, usd_per_million_input_tokens=1e6, usd_per_million_output_tokens=0))
+    assert ledger.affordable_requests([1, 1], max_new_tokens=5) == 1
+
+
+def test_exhausted_names_the_limit_and_require_raises():
+    ledger = BudgetLedger(BudgetConfig(teacher_samples=3))
+    assert ledger.exhausted() is None
+    ledger.charge_samples(3)
+    assert "teacher_samples" in ledger.exhausted()
+    with pytest.raises(BudgetExhausted, match="teacher_samples"):
+        ledger.require()
+    assert ledger.samples_left() == 0
+
+
+def test_seconds_per_actor_are_summed():
+    ledger = BudgetLedger(BudgetConfig(accelerator_seconds=10))
+    ledger.charge_seconds("student", 4)
+    ledger.charge_seconds("trainer", 5)
+    assert ledger.exhausted() is None
+    ledger.charge_seconds("student", 1)
+    assert "accelerator_seconds" in ledger.exhausted()
+    m = ledger.metrics()
+    assert m["budget/student_seconds"] == 5 and m["budget/accelerator_seconds"] == 10
+
+
+def test_unlimited_budget_affords_everything():
+    assert BudgetLedger(BudgetConfig()).affordable_requests([10**9] * 3, 10**9) == 3

@@ -1,0 +1,61 @@
+import pytest
+
+from loopdistill.config import ConfigError, build_config, load_config
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_loads_and_applies_overrides(tmp_path):
+    path = _write(tmp_path, "task: {name: game24}\nloop: {iterations: 3}\n")
+    cfg = load_config(path, ["loop.iterations=2", "trainer.zero_stage=3", "teacher.temperature=0"])
+    assert cfg.loop.iterations == 2 and cfg.trainer.zero_stage == 3 and cfg.teacher.temperature == 0.0
+
+
+def test_unknown_strategy_names_field_and_lists_valid(tmp_path):
+    path = _write(tmp_path, "task: {name: game24}\nloop: {strategy: hardest}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "loop.strategy" in str(err.value) and "loss_high" in str(err.value)
+
+
+def test_unknown_field_is_an_error(tmp_path):
+    path = _write(tmp_path, "task: {name: game24}\ntrainer: {lora_rnak: 8}\n")
+    with pytest.raises(ConfigError, match="trainer.lora_rnak"):
+        load_config(path)
+
+
+def test_out_of_range_and_wrong_type(tmp_path):
+    path = _write(tmp_path, "task: {name: game24}\n")
+    with pytest.raises(ConfigError, match="loop.iterations"):
+        load_config(path, ["loop.iterations=0"])
+    with pytest.raises(ConfigError, match="trainer.learning_rate"):
+        load_config(path, ["trainer.learning_rate=fast"])
+
+
+def test_unknown_task_and_programmatic_teacher_check():
+    with pytest.raises(ConfigError, match="unknown task 'chess'"):
+        build_config({"task": {"name": "chess"}})
+    with pytest.raises(ConfigError, match="programmatic"):
+        build_config({"task": {"name": "gsm8k"}, "teacher": {"engine": "programmatic"}})
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(_write(tmp_path, "task: [unclosed\n"))
+    with pytest.raises(ConfigError, match="not of the form"):
+        load_config(_write(tmp_path, "task: {name: game24}\n"), ["loop.iterations"])
+
+
+def test_shipped_configs_validate():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+    assert configs, "no configs shipped"
+    for path in configs:
+        load_config(path)

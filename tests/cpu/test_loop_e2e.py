@@ -1,0 +1,113 @@
+"""The real closed loop on local Ray: real actors, real DeepSpeed, real MLflow store.
+
+The fast tests use a tiny random Llama; the slow one the real SmolLM2-135M-Instruct."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from drivers.loop import run
+from loopdistill.config import build_config
+from tasks import get_task
+
+
+def _config(tmp_path: Path, data: Path, model: str = "tiny-random-llama", **sections) -> dict:
+    cfg = {
+        "task": {"name": "game24", "data_path": str(data / "game24" / "24.csv"), "num_seeds": 8, "num_validation": 4, "num_test": 4},
+        "student": {"model": {"path": model}, "max_new_tokens": 16, "batch_size": 8},
+        "teacher": {"engine": "programmatic", "model": {"path": model}},
+        "trainer": {"epochs": 1, "micro_batch_size": 4, "max_seq_len": 192, "lora_rank": 4, "lora_alpha": 4},
+        "loop": {"iterations": 2, "strategy": "loss_high", "seeds_per_iteration": 4},
+        "tracking": {"experiment": "e2e", "output_dir": str(tmp_path / "runs"), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+    }
+    for section, values in sections.items():
+        cfg.setdefault(section, {}).update(values)
+    return cfg
+
+
+def _metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
+def test_closed_loop_tiny_llama(tmp_path, shared_data, ray_local):
+    config = build_config(_config(tmp_path, shared_data))
+    summary = run(config)
+    assert summary.iterations_completed == 2 and summary.stop_reason == "completed"
+
+    client = MlflowClient(config.tracking.tracking_uri)
+    mlrun = client.get_run(summary.mlflow_run_id)
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.data.params["loop.strategy"] == "loss_high"
+    for key in ("eval/test_accuracy", "eval/val_ece", "select/selected_mean_score", "synth/kept",
+                "budget/teacher_tokens", "budget/trainer_seconds", "time/train_s", "trainer/val_loss_best"):
+        assert _metric_steps(client, summary.mlflow_run_id, key) == [0, 1], key
+    artifacts = {a.path for a in client.list_artifacts(summary.mlflow_run_id, "iter_01")}
+    assert {"iter_01/predictions.parquet", "iter_01/synthetic.parquet", "iter_01/scores.parquet"} <= artifacts
+    assert "iter_01/adapter" in artifacts
+
+    run_dir = Path(summary.run_dir)
+    task = get_task("game24")
+    synthetic = pq.read_table(run_dir / "synthetic_all.parquet").to_pylist()
+    assert len(synthetic) > 0
+    for row in synthetic:  # every kept teacher pair is a verified, solvable puzzle
+        assert task.verify(row["answer"], row["reference"])
+    parents = {r["parent_id"] for r in synthetic}
+    selected = set(pq.read_table(run_dir / "iter_00" / "selected.parquet").column("id").to_pylist())
+    selected |= set(pq.read_table(run_dir / "iter_01" / "selected.parquet").column("id").to_pylist())
+    assert parents <= selected
+    # loss_high picked the highest-loss seeds of the student's own answers
+    preds = pq.read_table(run_dir / "iter_00" / "predictions.parquet").to_pylist()
+    top = sorted(preds, key=lambda r: -r["loss"])[:4]
+    iter0 = set(pq.read_table(run_dir / "iter_00" / "selected.parquet").column("id").to_pylist())
+    assert {r["id"] for r in top} == iter0
+    state = json.loads((run_dir / "state.json").read_text())
+    spent = state["ledger"]
+    assert spent["teacher_output_tokens"] >= sum(r["teacher_output_tokens"] for r in synthetic) > 0
+
+
+def test_budget_stop_keeps_finished_iterations(tmp_path, shared_data, ray_local):
+    # Each request reserves prompt + 1,000 output tokens, so 1,050 output tokens pay for one rewrite and
+    # one answer in iteration 0 (the programmatic teacher writes ~10-60 tokens each), then not even one
+    # rewrite in iteration 1: the run must stop there, cleanly, without overspending.
+    config = build_config(
+        _config(tmp_path, shared_data, budget={"teacher_output_tokens": 1050}, teacher={"max_new_tokens": 1000})
+    )
+    summary = run(config)
+    assert summary.iterations_completed == 1
+    assert "cannot pay for one more request" in summary.stop_reason
+    client = MlflowClient(config.tracking.tracking_uri)
+    mlrun = client.get_run(summary.mlflow_run_id)
+    assert mlrun.info.status == "FINISHED" and mlrun.data.tags["stop_reason"] == summary.stop_reason
+    assert _metric_steps(client, summary.mlflow_run_id, "eval/test_accuracy") == [0]
+    state = json.loads((Path(summary.run_dir) / "state.json").read_text())
+    assert state["iterations_completed"] == 1
+    assert 0 < state["ledger"]["teacher_output_tokens"] <= 1050
+    assert state["ledger"]["teacher_samples"] == 1
+
+
+def test_missing_data_file_fails_before_starting(tmp_path, shared_data):
+    from tasks import DataError
+
+    cfg = _config(tmp_path, shared_data)
+    cfg["task"]["data_path"] = str(tmp_path / "nope.csv")
+    with pytest.raises(DataError, match="nope.csv"):
+        run(build_config(cfg))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_closed_loop_smollm2(tmp_path, shared_data, ray_local):
+    cfg = _config(tmp_path, shared_data, model="smollm2", loop={"iterations": 1})
+    cfg["task"].update({"num_seeds": 4, "num_validation": 2, "num_test": 2})
+    cfg["student"]["max_new_tokens"] = 24
+    summary = run(build_config(cfg))
+    assert summary.iterations_completed == 1
+    metrics = summary.history[0]
+    assert metrics["synth/kept"] > 0 and metrics["trainer/steps"] > 0
+    preds = pq.read_table(Path(summary.run_dir) / "iter_00" / "predictions.parquet").to_pylist()
+    assert all(p["output_tokens"] > 0 and p["loss"] > 0 for p in preds)

@@ -1,0 +1,43 @@
+"""`ray job submit` against a local head on 127.0.0.1 runs the quickstart config (tiny model)."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_ray_job_submit_runs_quickstart(tmp_path, shared_data):
+    import ray
+
+    if ray.is_initialized():  # the head must be the only Ray on this machine while it runs
+        ray.shutdown()
+    out = tmp_path / "runs"
+    env = dict(os.environ, LOOPDISTILL_DATA=str(shared_data), RAY_PORT="6391", RAY_DASHBOARD_PORT="8291")
+    overrides = [
+        f"tracking.output_dir={out}",
+        "student.model.path=tiny-random-llama",
+        "teacher.model.path=tiny-random-llama",
+        "student.max_new_tokens=8",
+        "task.num_seeds=6",
+        "task.num_validation=2",
+        "task.num_test=2",
+        "loop.iterations=1",
+        "loop.seeds_per_iteration=2",
+        "trainer.epochs=1",
+    ]
+    proc = subprocess.run(
+        ["bash", "cluster/local_job_submit.sh", "configs/quickstart.yaml", *overrides],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "SUCCEEDED" in proc.stdout + proc.stderr
+    runs = list(out.glob("game24-*/summary.json"))
+    assert len(runs) == 1
+    with sqlite3.connect(out / "mlflow.db") as db:
+        steps = db.execute("select step from metrics where key='eval/test_accuracy'").fetchall()
+    assert steps == [(0,)]
