@@ -4,7 +4,8 @@ from __future__ import annotations
 import pyarrow as pa
 import ray
 
-from actors.engines import SamplingParams, build_engine
+from actors.engines import Generation, SamplingParams, build_engine
+from actors.request_cache import RequestCache, request_key
 from actors.runtime import BusyClock, pick_device, use_all_cpu_threads
 from loopdistill.config import TeacherConfig
 from loopdistill.schemas import TEACHER_REQUESTS, TEACHER_RESPONSES, make_table, require_columns
@@ -16,14 +17,16 @@ class TeacherActor:
     Args:
         config: the teacher section of the run config.
         task_name: the task (used by the programmatic engine).
+        cache_path: SQLite file of the paid-once request cache (None: no cache).
     """
 
-    def __init__(self, config: TeacherConfig, task_name: str):
+    def __init__(self, config: TeacherConfig, task_name: str, cache_path: str | None = None):
         self.config = config
         device = pick_device(config.num_gpus)
         if device == "cpu":
             use_all_cpu_threads()
         self.engine = build_engine(config.engine, config.model, task_name, config.batch_size, device)
+        self.cache = RequestCache(cache_path) if cache_path else None
         self.clock = BusyClock()
 
     def count_tokens(self, prompts: list[str]) -> list[int]:
@@ -31,17 +34,36 @@ class TeacherActor:
         return self.engine.count_tokens(prompts)
 
     def generate(self, requests: pa.Table, seed: int) -> pa.Table:
-        """Answer every request. requests: TEACHER_REQUESTS; returns TEACHER_RESPONSES in order."""
+        """Answer every request. requests: TEACHER_REQUESTS; returns TEACHER_RESPONSES in order, with
+        `cached` True for answers served from the request cache (already paid for, not charged again)."""
         require_columns(requests, TEACHER_REQUESTS, "TeacherActor.generate")
         cfg = self.config
         params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=seed)
-        with self.clock.measure():
-            gens = self.engine.generate(requests.column("prompt").to_pylist(), params)
-        rows = [
-            {"request_id": rid, "text": g.text, "input_tokens": g.input_tokens, "output_tokens": g.output_tokens}
-            for rid, g in zip(requests.column("request_id").to_pylist(), gens)
-        ]
+        prompts = requests.column("prompt").to_pylist()
+        keys = [request_key(cfg.model.path + "|" + cfg.engine, p, params) for p in prompts]
+        cached = self.cache.get_many(keys) if self.cache else {}
+        fresh = self._generate_missing(prompts, keys, cached, params)
+        rows = []
+        for rid, key in zip(requests.column("request_id").to_pylist(), keys):
+            gen = cached.get(key) or fresh[key]
+            rows.append({"request_id": rid, "text": gen.text, "input_tokens": gen.input_tokens,
+                         "output_tokens": gen.output_tokens, "cached": key in cached})
         return make_table(TEACHER_RESPONSES, rows)
+
+    def _generate_missing(self, prompts, keys, cached, params) -> dict[str, Generation]:
+        """Generate the uncached prompts batch by batch, persisting each batch as soon as it is done."""
+        todo = list(dict.fromkeys(k for k in keys if k not in cached))
+        prompt_of = dict(zip(keys, prompts))
+        fresh: dict[str, Generation] = {}
+        size = self.config.batch_size
+        for start in range(0, len(todo), size):
+            batch = todo[start : start + size]
+            with self.clock.measure():
+                gens = self.engine.generate([prompt_of[k] for k in batch], params)
+            fresh.update(zip(batch, gens))
+            if self.cache:
+                self.cache.put_many(list(zip(batch, gens)))
+        return fresh
 
     def busy_seconds(self) -> float:
         """Cumulative seconds spent generating."""
@@ -54,14 +76,15 @@ class TeacherPool:
     Args:
         config: teacher config; `num_replicas`, `num_cpus`, `num_gpus` size the pool.
         task_name: passed to each replica.
+        cache_path: the replicas' shared paid-once request cache (SQLite file), or None.
     """
 
-    def __init__(self, config: TeacherConfig, task_name: str):
+    def __init__(self, config: TeacherConfig, task_name: str, cache_path: str | None = None):
         self.config = config
         remote = ray.remote(TeacherActor).options(
             num_cpus=config.num_cpus, num_gpus=config.num_gpus, max_restarts=1, max_task_retries=1
         )
-        self.replicas = [remote.remote(config, task_name) for _ in range(config.num_replicas)]
+        self.replicas = [remote.remote(config, task_name, cache_path) for _ in range(config.num_replicas)]
 
     def count_tokens(self, prompts: list[str]) -> list[int]:
         return ray.get(self.replicas[0].count_tokens.remote(prompts))

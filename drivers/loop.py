@@ -65,8 +65,9 @@ class Actors:
         ray.kill(self.student)
 
 
-def start_actors(config: RunConfig) -> Actors:
-    """Create the teacher pool, the student scorer and the trainer group (resources from config)."""
+def start_actors(config: RunConfig, run_dir: Path) -> Actors:
+    """Create the teacher pool, the student scorer and the trainer group (resources from config).
+    The teacher's paid-once request cache lives in the run directory."""
     from actors.student import StudentScorerActor
     from actors.teacher import TeacherPool
     from actors.trainer import TrainerGroup
@@ -75,7 +76,7 @@ def start_actors(config: RunConfig) -> Actors:
         num_cpus=config.student.num_cpus, num_gpus=config.student.num_gpus, max_restarts=1, max_task_retries=1
     )
     return Actors(
-        teacher=TeacherPool(config.teacher, config.task.name),
+        teacher=TeacherPool(config.teacher, config.task.name, str(run_dir / "teacher_cache.sqlite")),
         student=student.remote(config.student, config.task.name),
         trainer=TrainerGroup(config.trainer, config.student.model),
     )
@@ -199,10 +200,11 @@ class ClosedLoop:
         if n == 0:
             return make_table(TEACHER_RESPONSES, []), "budget exhausted: the teacher budget cannot pay for one more request"
         responses = self.actors.teacher.generate(requests.slice(0, n), seed)
+        paid = responses.filter(pc.invert(responses.column("cached")))
         self.ledger.charge_teacher(
-            pc.sum(responses.column("input_tokens")).as_py(),
-            pc.sum(responses.column("output_tokens")).as_py(),
-            responses.num_rows,
+            pc.sum(paid.column("input_tokens")).as_py() or 0,
+            pc.sum(paid.column("output_tokens")).as_py() or 0,
+            paid.num_rows,
         )
         return responses, ""
 
@@ -303,7 +305,7 @@ def run(config: RunConfig) -> RunSummary:
     (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
     init_ray(config)
     with Tracker(config, run_dir, config.tracking.run_name) as tracker:
-        actors = start_actors(config)
+        actors = start_actors(config, run_dir)
         try:
             loop = ClosedLoop(config, task, splits, actors, tracker, run_dir)
             done, reason = loop.run()

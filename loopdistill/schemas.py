@@ -57,6 +57,8 @@ TEACHER_RESPONSES = pa.schema(
         pa.field("text", pa.string(), nullable=False),
         pa.field("input_tokens", pa.int64(), nullable=False),
         pa.field("output_tokens", pa.int64(), nullable=False),
+        # True: answered from the paid-once request cache, so not charged to the budget again.
+        pa.field("cached", pa.bool_(), nullable=False),
     ]
 )
 

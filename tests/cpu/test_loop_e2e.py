@@ -68,6 +68,12 @@ def test_closed_loop_tiny_llama(tmp_path, shared_data, ray_local):
     state = json.loads((run_dir / "state.json").read_text())
     spent = state["ledger"]
     assert spent["teacher_output_tokens"] >= sum(r["teacher_output_tokens"] for r in synthetic) > 0
+    # the ledger paid exactly the distinct requests the paid-once cache holds
+    from actors.request_cache import RequestCache
+
+    paid = RequestCache(run_dir / "teacher_cache.sqlite").stats()
+    assert (paid["requests"], paid["input_tokens"], paid["output_tokens"]) == (
+        spent["teacher_requests"], spent["teacher_input_tokens"], spent["teacher_output_tokens"])
 
 
 def test_budget_stop_keeps_finished_iterations(tmp_path, shared_data, ray_local):

@@ -35,22 +35,22 @@ def test_unparseable_teacher_outputs_are_counted_not_raised():
     responses = make_table(
         TEACHER_RESPONSES,
         [
-            {"request_id": "r1", "text": "New question: Ann has 7 pens and buys 3 boxes of 4 pens. How many pens now?", "input_tokens": 10, "output_tokens": 5},
-            {"request_id": "r2", "text": "I cannot help with that.", "input_tokens": 10, "output_tokens": 5},
+            {"request_id": "r1", "text": "New question: Ann has 7 pens and buys 3 boxes of 4 pens. How many pens now?", "input_tokens": 10, "output_tokens": 5, "cached": False},
+            {"request_id": "r2", "text": "I cannot help with that.", "input_tokens": 10, "output_tokens": 5, "cached": False},
         ],
     )
     cands, bad = synthesis.parse_rewrites(task, selected, responses)
     assert bad == 1 and len(cands) == 1 and cands[0].parent_id == "s1"
     answers = make_table(
         TEACHER_RESPONSES,
-        [{"request_id": "a1", "text": "7 + 3 * 4 = 19. The answer is 19.", "input_tokens": 4, "output_tokens": 6}],
+        [{"request_id": "a1", "text": "7 + 3 * 4 = 19. The answer is 19.", "input_tokens": 4, "output_tokens": 6, "cached": False}],
     )
     table, bad_answers = synthesis.build_synthetic(task, cands, answers, iteration=0, strategy="loss_high")
     assert bad_answers == 0 and table.num_rows == 1
     row = table.to_pylist()[0]
     assert row["reference"] == "19" and row["parent_id"] == "s1"
     assert row["teacher_input_tokens"] == 14 and row["teacher_output_tokens"] == 11
-    no_answer = make_table(TEACHER_RESPONSES, [{"request_id": "a1", "text": "no idea", "input_tokens": 1, "output_tokens": 1}])
+    no_answer = make_table(TEACHER_RESPONSES, [{"request_id": "a1", "text": "no idea", "input_tokens": 1, "output_tokens": 1, "cached": False}])
     table, bad_answers = synthesis.build_synthetic(task, cands, no_answer, 0, "loss_high")
     assert table.num_rows == 0 and bad_answers == 1
 
