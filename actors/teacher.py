@@ -69,6 +69,10 @@ class TeacherActor:
         """Cumulative seconds spent generating."""
         return self.clock.total_s
 
+    def paid(self) -> dict[str, int]:
+        """Distinct requests answered and their tokens, from the request cache (zeros without one)."""
+        return self.cache.stats() if self.cache else {"requests": 0, "input_tokens": 0, "output_tokens": 0}
+
 
 class TeacherPool:
     """N TeacherActor replicas; a request batch is split into N contiguous shards, one per replica.
@@ -105,6 +109,10 @@ class TeacherPool:
     def busy_seconds(self) -> float:
         """Summed busy seconds of all replicas."""
         return sum(ray.get([r.busy_seconds.remote() for r in self.replicas]))
+
+    def paid(self) -> dict[str, int]:
+        """What the shared paid-once cache holds: requests, input_tokens, output_tokens."""
+        return ray.get(self.replicas[0].paid.remote())
 
     def shutdown(self) -> None:
         for replica in self.replicas:

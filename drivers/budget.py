@@ -118,4 +118,17 @@ class BudgetLedger:
         return out
 
     def state(self) -> dict:
+        """The spend as plain data (persisted in the run's state.json)."""
         return asdict(self.spent)
+
+    def restore(self, state: dict) -> None:
+        """Take over a spend saved by `state()` (empty dict: nothing spent yet)."""
+        self.spent = Spent(**state) if state else Spent()
+
+    def reconcile_teacher(self, paid: dict[str, int]) -> None:
+        """Set the teacher figures to what the paid-once cache holds: requests, input_tokens,
+        output_tokens of the distinct requests answered. The cache is written as answers arrive, so
+        after a crash it knows spend the last saved ledger missed."""
+        self.spent.teacher_requests = int(paid["requests"])
+        self.spent.teacher_input_tokens = int(paid["input_tokens"])
+        self.spent.teacher_output_tokens = int(paid["output_tokens"])

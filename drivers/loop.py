@@ -9,19 +9,19 @@
         train    -> a fresh LoRA on everything generated so far, best checkpoint on validation
         evaluate -> validation/test accuracy and ECE of the new adapter
 
-Every stage's table is written as Parquet under the run directory; after each iteration the driver
-logs metrics (step = iteration) and artifacts to MLflow and writes `state.json`, so an error in
-iteration t leaves iterations < t intact on disk and in MLflow.
+After every stage the driver writes the stage's Parquet tables under `iter_NN/` and `state.json`
+(drivers/checkpoint.py); after each iteration it logs metrics (step = iteration) and artifacts to MLflow.
+An error in iteration t leaves everything finished intact, and `resume(run_dir)` continues after the last
+completed stage in the same MLflow run. Teacher answers are also cached as they arrive (paid once).
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -32,12 +32,16 @@ import ray
 from drivers import selection, synthesis
 from drivers.budget import BudgetLedger
 from drivers.calibration import expected_calibration_error
+from drivers.checkpoint import RunState
 from drivers.tracking import Tracker
-from loopdistill.config import RunConfig
+from loopdistill.config import RunConfig, build_config
 from loopdistill.schemas import SEEDS, SYNTHETIC, TEACHER_RESPONSES, TRAIN_EXAMPLES, make_table, project
 from tasks import Splits, Task, get_task
 
 log = logging.getLogger("loopdistill")
+
+# The Parquet tables each stage leaves in iter_NN/ (read back instead of recomputed on resume).
+STAGE_TABLES = {"predict": ("predictions",), "select": ("scores", "selected"), "generate": ("synthetic",), "train": (), "evaluate": ()}
 
 
 @dataclass
@@ -83,68 +87,84 @@ def start_actors(config: RunConfig, run_dir: Path) -> Actors:
 
 
 class ClosedLoop:
-    """One run of the loop over already started actors; `run()` iterates until done or out of budget."""
+    """One run of the loop over already started actors; `run()` iterates until done or out of budget.
+    `state` is a fresh RunState, or the one a crashed run left (then finished stages are skipped)."""
 
-    def __init__(self, config: RunConfig, task: Task, splits: Splits, actors: Actors, tracker: Tracker, run_dir: Path):
+    def __init__(self, config: RunConfig, task: Task, splits: Splits, actors: Actors, tracker: Tracker, run_dir: Path, state: RunState):
         self.config, self.task, self.splits, self.actors = config, task, splits, actors
-        self.tracker, self.run_dir = tracker, run_dir
+        self.tracker, self.run_dir, self.state = tracker, run_dir, state
         self.ledger = BudgetLedger(config.budget)
-        self.synthetic = make_table(SYNTHETIC, [])
+        self.ledger.restore(state.ledger)
+        # What the paid-once cache holds is exactly what was paid, even if the driver died mid-stage.
+        self.ledger.reconcile_teacher(self.actors.teacher.paid())
+        self.seen_seconds = {"teacher": 0.0, "student": 0.0}  # busy counters of these actor processes
+        self.synthetic = self.load_synthetic()
         self.seed_rows = splits.seeds.to_pylist()
         self.seeds_ref = ray.put(splits.seeds)
         self.val_ref = ray.put(splits.validation)
         self.test_ref = ray.put(splits.test)
         self.val_train_ref = ray.put(to_train_examples(task, splits.validation))
-        self.adapter_dir: Optional[str] = None
-        self.trainer_seconds = 0.0  # summed over ranks and iterations
-        self.history: list[dict] = []
+        if state.adapter_dir:
+            ray.get(self.actors.student.set_adapter.remote(state.adapter_dir))
 
     # --- the loop -----------------------------------------------------------------------------
     def run(self) -> tuple[int, str]:
         """Returns (iterations completed, stop reason)."""
-        self.tracker.log_metrics(self.evaluate(prefix="baseline"), step=0)
-        for t in range(self.config.loop.iterations):
-            reason = self.ledger.exhausted()
+        if not self.state.baseline_done:
+            self.tracker.log_metrics(self.evaluate(prefix="baseline"), step=0)
+            self.state.baseline_done = True
+            self.save_state()
+        for t in range(self.state.iteration, self.config.loop.iterations):
+            reason = self.ledger.exhausted() if not self.state.stages_done else None
+            reason = reason or self.iteration(t)
             if reason:
-                return t, reason
-            done, reason = self.iteration(t)
-            if not done:
                 return t, reason
         return self.config.loop.iterations, "completed"
 
-    def iteration(self, t: int) -> tuple[bool, str]:
-        """Run stages 1-5 of iteration t. Returns (completed, reason when not)."""
-        out_dir = self.run_dir / f"iter_{t:02d}"
+    def iteration(self, t: int) -> str:
+        """Run the stages of iteration t not yet done. Returns a stop reason, or "" when completed."""
+        out_dir = self.iter_dir(t)
         out_dir.mkdir(parents=True, exist_ok=True)
-        metrics: dict[str, float] = {"iteration": t}
-        with self.stage("predict", metrics):
-            predictions = ray.get(self.actors.student.predict.remote(self.seeds_ref))
-        with self.stage("select", metrics):
-            selected, scores = self.select(predictions, t, metrics)
-        with self.stage("generate", metrics):
-            new, reason = self.generate(selected, t, metrics)
-        if reason:
-            return False, reason
-        self.synthetic = pa.concat_tables([self.synthetic, new])
+        metrics = dict(self.state.partial_metrics) or {"iteration": t}
+        predictions = self.stage(t, "predict", metrics, lambda: {"predictions": self.predict_pool()})["predictions"]
+        selected = self.stage(t, "select", metrics, lambda: self.select(predictions, t, metrics))["selected"]
+        stop: list[str] = []
+        self.stage(t, "generate", metrics, lambda: self.generate(selected, t, metrics, stop))
+        if stop:
+            return stop[0]
         metrics["synth/total"] = self.synthetic.num_rows
-        with self.stage("train", metrics):
-            self.train(t, out_dir, metrics)
-        with self.stage("evaluate", metrics):
-            metrics.update(self.evaluate(prefix="eval"))
-        tables = {"predictions": predictions, "scores": scores, "selected": selected, "synthetic": new}
-        self.finish_iteration(t, out_dir, tables, metrics)
-        return True, ""
+        self.stage(t, "train", metrics, lambda: self.train(t, out_dir, metrics))
+        self.stage(t, "evaluate", metrics, lambda: metrics.update(self.evaluate(prefix="eval")) or {})
+        self.finish_iteration(t, out_dir, metrics)
+        return ""
 
-    @contextmanager
-    def stage(self, name: str, metrics: dict):
+    def stage(self, t: int, name: str, metrics: dict, compute: Callable[[], dict]) -> dict[str, pa.Table]:
+        """Run one stage, or read its tables back when a previous run of this directory finished it.
+        A stage that computes None produced nothing and is not marked done (a budget stop)."""
+        out_dir = self.iter_dir(t)
+        if name in self.state.stages_done:
+            log.info("iteration %d: stage %s already done, reading its output", t, name)
+            return {key: pq.read_table(out_dir / f"{key}.parquet") for key in STAGE_TABLES[name]}
+        log.info("iteration %d: stage %s", t, name)
         start = time.perf_counter()
-        log.info("stage %s", name)
-        yield
+        tables = compute()
+        if tables is None:
+            return {}
         metrics[f"time/{name}_s"] = time.perf_counter() - start
+        assert set(tables) == set(STAGE_TABLES[name]), (name, list(tables))
+        for key, table in tables.items():
+            pq.write_table(table, out_dir / f"{key}.parquet")
+        self.state.complete_stage(name, metrics)
+        self.save_state()
+        return tables
 
     # --- stages ------------------------------------------------------------------------------
-    def select(self, predictions: pa.Table, t: int, metrics: dict) -> tuple[pa.Table, pa.Table]:
-        """Score the pool and return (selected SEEDS rows, SCORES)."""
+    def predict_pool(self) -> pa.Table:
+        """PREDICTIONS of the current student on the seed pool."""
+        return ray.get(self.actors.student.predict.remote(self.seeds_ref))
+
+    def select(self, predictions: pa.Table, t: int, metrics: dict) -> dict[str, pa.Table]:
+        """Score the pool; returns {"scores": SCORES, "selected": the selected SEEDS rows}."""
         loop = self.config.loop
         scores = selection.score(loop.strategy, predictions, seed=loop.seed + t)
         values = scores.column("score").to_numpy()
@@ -160,16 +180,19 @@ class ClosedLoop:
                 "select/selected": len(idx),
             }
         )
-        return self.splits.seeds.take(pa.array(idx, pa.int64())), scores
+        return {"scores": scores, "selected": self.splits.seeds.take(pa.array(idx, pa.int64()))}
 
-    def generate(self, selected: pa.Table, t: int, metrics: dict) -> tuple[pa.Table, str]:
-        """Rewrite, dedup, answer. Returns (SYNTHETIC rows of this iteration, stop reason or "")."""
+    def generate(self, selected: pa.Table, t: int, metrics: dict, stop: list[str]) -> dict[str, pa.Table] | None:
+        """Rewrite, dedup, answer; returns {"synthetic": SYNTHETIC rows of this iteration} and adds them
+        to the cumulative set. Returns None (appending the reason to `stop`) when the budget cannot
+        pay for a single request."""
         loop, task = self.config.loop, self.task
         chosen = selected.to_pylist()
         requests = synthesis.rewrite_requests(task, chosen, self.seed_rows, loop.few_shot_k, t, loop.seed)
         rewrites, reason = self.ask_teacher(requests, seed=loop.seed + 2 * t)
         if reason:
-            return make_table(SYNTHETIC, []), reason
+            stop.append(reason)
+            return None
         candidates, bad_rewrites = synthesis.parse_rewrites(task, chosen, rewrites)
         earlier = self.synthetic.column("question").to_pylist()
         kept, dropped = synthesis.Deduplicator(task, loop.dedup_rouge_l).filter(candidates, earlier)
@@ -177,7 +200,8 @@ class ClosedLoop:
         kept = kept if left is None else kept[:left]
         answers, reason = self.ask_teacher(synthesis.answer_requests(task, kept, t), seed=loop.seed + 2 * t + 1)
         if reason:
-            return make_table(SYNTHETIC, []), reason
+            stop.append(reason)
+            return None
         new, bad_answers = synthesis.build_synthetic(task, kept[: answers.num_rows], answers, t, loop.strategy)
         self.ledger.charge_samples(new.num_rows)
         metrics.update(
@@ -188,7 +212,8 @@ class ClosedLoop:
                 "synth/kept": new.num_rows,
             }
         )
-        return new, ""
+        self.synthetic = pa.concat_tables([self.synthetic, new])
+        return {"synthetic": new}
 
     def ask_teacher(self, requests: pa.Table, seed: int) -> tuple[pa.Table, str]:
         """Send the requests the budget can pay for (reserved at prompt + max_new_tokens), settle at
@@ -208,19 +233,20 @@ class ClosedLoop:
         )
         return responses, ""
 
-    def train(self, t: int, out_dir: Path, metrics: dict) -> None:
+    def train(self, t: int, out_dir: Path, metrics: dict) -> dict:
         """Fresh LoRA on all synthetic data so far; the student then serves the new adapter."""
         if self.synthetic.num_rows == 0:
             log.warning("iteration %d: no synthetic data yet, keeping the current adapter", t)
-            return
+            return {}
         train_set = to_train_examples(self.task, self.synthetic)
         if self.config.trainer.include_seeds:
             train_set = pa.concat_tables([to_train_examples(self.task, self.splits.seeds), train_set])
         result = self.actors.trainer.train(ray.put(train_set), self.val_train_ref, str(out_dir / "adapter"))
-        self.adapter_dir = result.pop("adapter_dir")
-        self.trainer_seconds += float(result.get("trainer/accelerator_seconds", 0.0))
-        ray.get(self.actors.student.set_adapter.remote(self.adapter_dir))
+        self.state.adapter_dir = result.pop("adapter_dir")
+        self.ledger.charge_seconds("trainer", float(result.get("trainer/accelerator_seconds", 0.0)))
+        ray.get(self.actors.student.set_adapter.remote(self.state.adapter_dir))
         metrics.update({k: float(v) for k, v in result.items() if isinstance(v, (int, float))})
+        return {}
 
     def evaluate(self, prefix: str) -> dict[str, float]:
         """Accuracy, ECE and mean confidence of the current student on validation and test."""
@@ -235,41 +261,38 @@ class ClosedLoop:
         return out
 
     # --- bookkeeping ------------------------------------------------------------------------
-    def finish_iteration(self, t: int, out_dir: Path, tables: dict[str, pa.Table], metrics: dict) -> None:
-        """Persist the iteration (Parquet, state.json), then log it to MLflow."""
+    def finish_iteration(self, t: int, out_dir: Path, metrics: dict) -> None:
+        """Close the iteration: charge seconds, log metrics and artifacts to MLflow, write state."""
         self.charge_seconds()
         metrics.update(self.ledger.metrics())
-        for name, table in tables.items():
-            pq.write_table(table, out_dir / f"{name}.parquet")
-        self.history.append(metrics)
-        self.write_state(t)
         self.tracker.log_metrics(metrics, step=t)
         self.tracker.log_artifacts(out_dir, f"iter_{t:02d}")
+        self.state.complete_iteration(metrics)
+        self.save_state()
         log.info("iteration %d: %s", t, {k: round(v, 4) for k, v in metrics.items() if k.startswith(("eval/", "budget/teacher_tokens"))})
 
     def charge_seconds(self) -> None:
-        """Charge the busy seconds each actor role accumulated since the last call."""
+        """Charge the busy seconds the teacher and student accumulated since the last call (the
+        trainer is charged per train call)."""
         totals = {
             "teacher": self.actors.teacher.busy_seconds(),
             "student": ray.get(self.actors.student.busy_seconds.remote()),
-            "trainer": self.trainer_seconds,
         }
         for role, total in totals.items():
-            self.ledger.charge_seconds(role, total - self.ledger.spent.accelerator_seconds.get(role, 0.0))
+            self.ledger.charge_seconds(role, total - self.seen_seconds[role])
+            self.seen_seconds[role] = total
 
-    def write_state(self, t: int) -> None:
-        """Atomically write what is finished: iterations, ledger, adapter, history."""
-        state = {
-            "iterations_completed": t + 1,
-            "adapter_dir": self.adapter_dir,
-            "ledger": self.ledger.state(),
-            "history": self.history,
-            "mlflow_run_id": self.tracker.run_id,
-        }
-        tmp = self.run_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.run_dir / "state.json")
-        pq.write_table(self.synthetic, self.run_dir / "synthetic_all.parquet")
+    def save_state(self) -> None:
+        self.state.ledger = self.ledger.state()
+        self.state.save(self.run_dir)
+
+    def iter_dir(self, t: int) -> Path:
+        return self.run_dir / f"iter_{t:02d}"
+
+    def load_synthetic(self) -> pa.Table:
+        """The cumulative synthetic set S from the iterations whose generate stage finished."""
+        tables = [pq.read_table(p) for p in sorted(self.run_dir.glob("iter_*/synthetic.parquet"))]
+        return pa.concat_tables([make_table(SYNTHETIC, []), *tables])
 
 
 def to_train_examples(task: Task, table: pa.Table) -> pa.Table:
@@ -296,22 +319,51 @@ def run(config: RunConfig) -> RunSummary:
         tasks.DataError: a data file is missing or malformed (before anything starts).
         loopdistill.models.ModelLoadError: a model does not load (the MLflow run is marked FAILED).
     """
-    from drivers.ray_setup import init_ray
-
-    task = get_task(config.task.name)
-    tc = config.task
-    splits = task.load_splits(tc.data_path, tc.num_seeds, tc.num_validation, tc.num_test, tc.seed)
+    splits = load_splits(config)
     run_dir = make_run_dir(config)
     (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
+    return _drive(config, splits, run_dir, state=None)
+
+
+def resume(run_dir: str | Path) -> RunSummary:
+    """Continue the run in `run_dir` after its last completed stage, in the same MLflow run.
+
+    Raises:
+        drivers.checkpoint.ResumeError: no readable state.json / config.json in `run_dir`.
+    """
+    from drivers.checkpoint import ResumeError
+
+    run_dir = Path(run_dir).resolve()
+    state = RunState.load(run_dir)
+    try:
+        config = build_config(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
+    except OSError as err:
+        raise ResumeError(f"cannot resume {run_dir}: {err}") from None
+    return _drive(config, load_splits(config), run_dir, state)
+
+
+def load_splits(config: RunConfig) -> Splits:
+    tc = config.task
+    return get_task(tc.name).load_splits(tc.data_path, tc.num_seeds, tc.num_validation, tc.num_test, tc.seed)
+
+
+def _drive(config: RunConfig, splits: Splits, run_dir: Path, state: RunState | None) -> RunSummary:
+    from drivers.ray_setup import init_ray
+
     init_ray(config)
-    with Tracker(config, run_dir, config.tracking.run_name) as tracker:
+    run_id = state.mlflow_run_id if state else None
+    with Tracker(config, run_dir, config.tracking.run_name, run_id=run_id) as tracker:
+        state = state or RunState(mlflow_run_id=tracker.run_id)
+        state.save(run_dir)
         actors = start_actors(config, run_dir)
         try:
-            loop = ClosedLoop(config, task, splits, actors, tracker, run_dir)
+            loop = ClosedLoop(config, get_task(config.task.name), splits, actors, tracker, run_dir, state)
             done, reason = loop.run()
+            state.stop_reason = reason
+            loop.save_state()
             tracker.set_tags({"stop_reason": reason, "iterations_completed": str(done)})
         finally:
             actors.shutdown()
-    summary = RunSummary(str(run_dir), tracker.run_id, done, reason, loop.history)
+    summary = RunSummary(str(run_dir), tracker.run_id, done, reason, state.history)
     (run_dir / "summary.json").write_text(json.dumps(summary.__dict__, indent=2))
     return summary

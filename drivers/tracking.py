@@ -53,7 +53,7 @@ class Tracker:
     """Wraps one MLflow run. Use as a context manager: the run ends FINISHED, or FAILED on an error
     (everything logged before the error stays in the store)."""
 
-    def __init__(self, config: RunConfig, run_dir: Path, run_name: Optional[str] = None):
+    def __init__(self, config: RunConfig, run_dir: Path, run_name: Optional[str] = None, run_id: Optional[str] = None):
         self.uri = tracking_uri(config.tracking)
         mlflow.set_tracking_uri(self.uri)
         client = MlflowClient(self.uri)
@@ -61,8 +61,13 @@ class Tracker:
         self.config = config
         self.run_dir = run_dir
         self.run_name = run_name
+        self.resume_id = run_id  # set: continue this run (resume) instead of starting one
 
     def __enter__(self) -> "Tracker":
+        if self.resume_id:
+            self.run = mlflow.start_run(run_id=self.resume_id)
+            mlflow.set_tag("resumed", "true")
+            return self
         self.run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name)
         mlflow.log_params(flatten(self.config.model_dump(mode="json")))
         mlflow.set_tag("run_dir", str(self.run_dir))

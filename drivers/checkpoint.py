@@ -1,0 +1,61 @@
+"""The run directory's state file: what is finished, written atomically after every stage.
+
+`state.json` names the iteration in progress, the stages of it already done (their Parquet tables are
+in `iter_NN/`), the partial metrics of that iteration, the ledger, the current adapter and the MLflow
+run. `loopdistill run --resume RUN_DIR` reads it and continues after the last completed stage.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+STAGES = ("predict", "select", "generate", "train", "evaluate")
+STATE_FILE = "state.json"
+
+
+class ResumeError(RuntimeError):
+    """A run directory cannot be resumed (missing or unreadable state; the path is named)."""
+
+
+@dataclass
+class RunState:
+    mlflow_run_id: str
+    iteration: int = 0  # the iteration in progress (== iterations completed)
+    stages_done: list[str] = field(default_factory=list)  # of `iteration`
+    partial_metrics: dict[str, float] = field(default_factory=dict)  # of `iteration`
+    baseline_done: bool = False
+    adapter_dir: Optional[str] = None
+    ledger: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    stop_reason: str = ""
+
+    def save(self, run_dir: Path) -> None:
+        """Write state.json atomically (a crash leaves the previous or the new file, never half)."""
+        tmp = run_dir / (STATE_FILE + ".tmp")
+        with open(tmp, "w") as handle:
+            json.dump(asdict(self), handle, indent=2)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(run_dir / STATE_FILE)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> "RunState":
+        path = run_dir / STATE_FILE
+        if not path.is_file():
+            raise ResumeError(f"cannot resume {run_dir}: no {STATE_FILE} (not a run directory, or it failed before starting)")
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ResumeError(f"cannot resume {run_dir}: {path} is unreadable ({err})") from None
+
+    def complete_stage(self, stage: str, metrics: dict[str, float]) -> None:
+        self.stages_done.append(stage)
+        self.partial_metrics = dict(metrics)
+
+    def complete_iteration(self, metrics: dict[str, float]) -> None:
+        self.history.append(dict(metrics))
+        self.iteration += 1
+        self.stages_done, self.partial_metrics = [], {}

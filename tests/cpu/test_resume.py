@@ -1,0 +1,88 @@
+"""A run that dies inside a stage resumes after its last completed stage, in the same MLflow run,
+without paying any teacher request twice, and ends where an uninterrupted run ends."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from actors.request_cache import RequestCache
+from drivers import loop as loop_module
+from drivers.loop import resume, run
+from loopdistill.config import build_config
+
+
+def _config(tmp_path: Path, data: Path, name: str) -> dict:
+    return {
+        "task": {"name": "game24", "data_path": str(data / "game24" / "24.csv"), "num_seeds": 8, "num_validation": 4, "num_test": 4},
+        "student": {"model": {"path": "tiny-random-llama"}, "max_new_tokens": 16, "batch_size": 8},
+        "teacher": {"engine": "programmatic", "model": {"path": "tiny-random-llama"}, "batch_size": 2},
+        "trainer": {"epochs": 1, "micro_batch_size": 4, "max_seq_len": 192, "lora_rank": 4, "lora_alpha": 4},
+        "loop": {"iterations": 2, "strategy": "loss_high", "seeds_per_iteration": 4},
+        "tracking": {"experiment": "resume", "run_name": name, "output_dir": str(tmp_path / name), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+    }
+
+
+def _outcome(run_dir: Path) -> list:
+    out = []
+    for it in sorted(run_dir.glob("iter_*")):
+        selected = pq.read_table(it / "selected.parquet").column("id").to_pylist()
+        synthetic = pq.read_table(it / "synthetic.parquet").select(["id", "question", "answer"]).to_pylist()
+        out.append((selected, synthetic))
+    return out
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, shared_data, ray_local):
+    """An uninterrupted run with the same config and seeds."""
+    return run(build_config(_config(tmp_path_factory.mktemp("ref"), shared_data, "reference")))
+
+
+@pytest.mark.parametrize("crash_stage", ["train", "generate"])
+def test_resume_after_a_crash_inside_a_stage(tmp_path, shared_data, ray_local, monkeypatch, crash_stage, reference):
+    original = getattr(loop_module.ClosedLoop, crash_stage)
+
+    def crash_in_iteration_1(self, *args, **kwargs):
+        t = args[1] if crash_stage == "generate" else args[0]
+        if t == 1:
+            if crash_stage == "generate":  # die after the rewrites were answered (and paid)
+                self.ask_teacher(loop_module.synthesis.rewrite_requests(
+                    self.task, args[0].to_pylist(), self.seed_rows, self.config.loop.few_shot_k, t, self.config.loop.seed),
+                    seed=self.config.loop.seed + 2 * t)
+            raise Crash("injected")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(loop_module.ClosedLoop, crash_stage, crash_in_iteration_1)
+    with pytest.raises(Crash):
+        run(build_config(_config(tmp_path, shared_data, "crashed")))
+    run_dir = next((tmp_path / "crashed").glob("crashed-*"))
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["iteration"] == 1 and crash_stage not in state["stages_done"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    assert client.get_run(state["mlflow_run_id"]).info.status == "FAILED"
+
+    monkeypatch.setattr(loop_module.ClosedLoop, crash_stage, original)
+    summary = resume(run_dir)
+    assert summary.iterations_completed == 2 and summary.mlflow_run_id == state["mlflow_run_id"]
+    assert client.get_run(summary.mlflow_run_id).info.status == "FINISHED"
+    assert _outcome(run_dir) == _outcome(Path(reference.run_dir))
+    spent = json.loads((run_dir / "state.json").read_text())["ledger"]
+    paid = RequestCache(run_dir / "teacher_cache.sqlite").stats()
+    assert spent["teacher_requests"] == paid["requests"]  # no request paid twice
+    assert spent["teacher_output_tokens"] == paid["output_tokens"]
+    ref_spent = json.loads((Path(reference.run_dir) / "state.json").read_text())["ledger"]
+    assert spent["teacher_output_tokens"] == ref_spent["teacher_output_tokens"]
+
+
+def test_resume_of_a_missing_run_dir_names_it(tmp_path):
+    from drivers.checkpoint import ResumeError
+
+    with pytest.raises(ResumeError, match=str(tmp_path / "nope")):
+        resume(tmp_path / "nope")
