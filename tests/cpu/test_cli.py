@@ -1,0 +1,35 @@
+"""Bad input through the command line: a clear message naming the culprit, exit code 2, no run started."""
+from pathlib import Path
+
+from drivers.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = str(REPO / "configs" / "quickstart.yaml")
+
+
+def test_missing_data_file(tmp_path, capsys):
+    code = main(["run", QUICKSTART, f"task.data_path={tmp_path}/missing.csv", f"tracking.output_dir={tmp_path}/runs"])
+    assert code == 2
+    assert "missing.csv" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_strategy(tmp_path, capsys):
+    assert main(["run", QUICKSTART, "loop.strategy=hardest"]) == 2
+    err = capsys.readouterr().err
+    assert "loop.strategy" in err and "loss_high" in err and "random" in err
+
+
+def test_bad_value_type(capsys):
+    assert main(["check-config", QUICKSTART, "trainer.epochs=many"]) == 2
+    assert "trainer.epochs" in capsys.readouterr().err
+
+
+def test_resume_without_state(tmp_path, capsys):
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "state.json" in capsys.readouterr().err
+
+
+def test_check_config_prints_the_resolved_config(capsys):
+    assert main(["check-config", QUICKSTART, "loop.iterations=2"]) == 0
+    assert '"iterations": 2' in capsys.readouterr().out
