@@ -23,11 +23,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point. Exit codes: 0 done (including a clean budget stop), 2 bad config or data,
+    """Entry point. Exit codes: 0 done (including a clean budget stop), 2 bad config, data or model,
     1 any other failure (the MLflow run is then marked FAILED with the error)."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     from drivers.checkpoint import ResumeError
+    from loopdistill.models import ModelLoadError
     from tasks import DataError
 
     try:
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             from drivers.loop import run
 
             summary = run(config)
-    except (ConfigError, DataError, ResumeError) as err:
+    except (ConfigError, DataError, ResumeError, ModelLoadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in summary.__dict__.items() if k != "history"}, indent=2))

@@ -35,6 +35,7 @@ from drivers.calibration import expected_calibration_error
 from drivers.checkpoint import RunState
 from drivers.tracking import Tracker
 from loopdistill.config import RunConfig, build_config
+from loopdistill.models import check_model
 from loopdistill.schemas import SEEDS, SYNTHETIC, TEACHER_RESPONSES, TRAIN_EXAMPLES, make_table, project
 from tasks import Splits, Task, get_task
 
@@ -317,9 +318,11 @@ def run(config: RunConfig) -> RunSummary:
 
     Raises:
         tasks.DataError: a data file is missing or malformed (before anything starts).
-        loopdistill.models.ModelLoadError: a model does not load (the MLflow run is marked FAILED).
+        loopdistill.models.ModelLoadError: a model path does not load (before anything starts).
     """
     splits = load_splits(config)
+    check_model(config.student.model.path)
+    check_model(config.teacher.model.path)
     run_dir = make_run_dir(config)
     (run_dir / "config.json").write_text(config.model_dump_json(indent=2))
     return _drive(config, splits, run_dir, state=None)

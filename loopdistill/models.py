@@ -95,6 +95,23 @@ def resolve_model(name_or_path: str) -> str:
     return str(target)
 
 
+def check_model(name_or_path: str) -> str:
+    """Resolve a model and read its config, so a bad path fails in the driver, before any actor
+    starts, with the path named. Returns the resolved path.
+
+    Raises:
+        ModelLoadError: the path is neither a model directory nor a loadable hub id.
+    """
+    from transformers import AutoConfig
+
+    path = resolve_model(name_or_path)
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"model {name_or_path!r} does not load (resolved to {path!r}): {err}") from None
+    return path
+
+
 def load_tokenizer(name_or_path: str):
     """Tokenizer with left padding (batched generation) and a pad token."""
     from transformers import AutoTokenizer

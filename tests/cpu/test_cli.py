@@ -33,3 +33,12 @@ def test_resume_without_state(tmp_path, capsys):
 def test_check_config_prints_the_resolved_config(capsys):
     assert main(["check-config", QUICKSTART, "loop.iterations=2"]) == 0
     assert '"iterations": 2' in capsys.readouterr().out
+
+
+def test_model_path_that_does_not_load(tmp_path, capsys):
+    bad = tmp_path / "not-a-model"
+    bad.mkdir()
+    code = main(["run", QUICKSTART, f"student.model.path={bad}", f"tracking.output_dir={tmp_path}/runs"])
+    assert code == 2
+    assert str(bad) in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

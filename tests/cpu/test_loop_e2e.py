@@ -34,7 +34,11 @@ def _metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
-def test_closed_loop_tiny_llama(tmp_path, shared_data, ray_local):
+SECRET = "sk-loopdistill-test-0123456789abcdef"
+
+
+def test_closed_loop_tiny_llama(tmp_path, shared_data, ray_local, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     config = build_config(_config(tmp_path, shared_data))
     summary = run(config)
     assert summary.iterations_completed == 2 and summary.stop_reason == "completed"
@@ -74,6 +78,10 @@ def test_closed_loop_tiny_llama(tmp_path, shared_data, ray_local):
     paid = RequestCache(run_dir / "teacher_cache.sqlite").stats()
     assert (paid["requests"], paid["input_tokens"], paid["output_tokens"]) == (
         spent["teacher_requests"], spent["teacher_input_tokens"], spent["teacher_output_tokens"])
+    # a secret in the environment reaches neither the run directory nor the MLflow store
+    for path in [*tmp_path.rglob("*")]:
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
 
 
 def test_budget_stop_keeps_finished_iterations(tmp_path, shared_data, ray_local):
