@@ -36,3 +36,23 @@ class BusyClock:
             yield
         finally:
             self.total_s += time.perf_counter() - start
+
+
+FAULTS_ENV = "LOOPDISTILL_FAULTS"  # comma-separated fault points, e.g. "teacher.generate,student.predict"
+FAULT_DIR_ENV = "LOOPDISTILL_FAULT_DIR"  # where a fired fault leaves its marker
+
+
+def inject_fault(point: str) -> None:
+    """Chaos testing: end this process abruptly (as a kill would) at `point` when it is listed in
+    $LOOPDISTILL_FAULTS, once: a marker in $LOOPDISTILL_FAULT_DIR lets the restarted actor go on.
+    Does nothing unless both variables are set, so production runs never see it."""
+    points, marker_dir = os.environ.get(FAULTS_ENV), os.environ.get(FAULT_DIR_ENV)
+    if not points or not marker_dir or point not in points.split(","):
+        return
+    marker = os.path.join(marker_dir, f"{point}.fired")
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os._exit(137)

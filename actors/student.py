@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from actors.engines import Generation, SamplingParams
 from actors.engines.transformers_engine import TransformersEngine
-from actors.runtime import BusyClock, pick_device, use_all_cpu_threads
+from actors.runtime import BusyClock, inject_fault, pick_device, use_all_cpu_threads
 from loopdistill.config import StudentConfig
 from loopdistill.schemas import PREDICTIONS, SEEDS, make_table, require_columns
 from tasks import get_task
@@ -31,14 +31,20 @@ class StudentScorerActor:
         if device == "cpu":
             use_all_cpu_threads()
         self.engine = TransformersEngine(config.model, batch_size=config.batch_size, device=device)
+        self.adapter_dir: str | None = None
         self.clock = BusyClock()
 
     def set_adapter(self, adapter_dir: str | None) -> None:
-        """Serve the LoRA adapter in `adapter_dir` (None: the base model)."""
-        self.engine.set_adapter(adapter_dir)
+        """Serve the LoRA adapter in `adapter_dir` (None: the base model); no-op if already served."""
+        if adapter_dir != self.adapter_dir:
+            self.engine.set_adapter(adapter_dir)
+            self.adapter_dir = adapter_dir
 
-    def predict(self, examples: pa.Table) -> pa.Table:
-        """Greedy answers to every question, scored.
+    def predict(self, examples: pa.Table, adapter_dir: str | None) -> pa.Table:
+        """Greedy answers to every question, scored, by the base model + the adapter in `adapter_dir`.
+
+        The adapter is an argument, not actor state, so the call is idempotent: a restarted actor
+        (which starts without an adapter) answers a retried call exactly as the first one would.
 
         examples: SEEDS rows (n). Returns PREDICTIONS (n rows, same order) where
         loss = mean NLL (nats/token) of the student's own generated tokens, taken from the generation
@@ -47,10 +53,12 @@ class StudentScorerActor:
         tokens (0 when no answer can be extracted).
         """
         require_columns(examples, SEEDS, "StudentScorerActor.predict")
+        self.set_adapter(adapter_dir)
         prompts = [self.task.answer_prompt(q) for q in examples.column("question").to_pylist()]
         params = SamplingParams(self.config.max_new_tokens, temperature=0.0, logprobs=True)
         with self.clock.measure():
             gens = self.engine.generate(prompts, params)
+        inject_fault("student.predict")  # dies mid-scoring, after the work and before the answer
         refs = examples.column("reference").to_pylist()
         ids = examples.column("id").to_pylist()
         return make_table(PREDICTIONS, [self._row(i, g, r) for i, g, r in zip(ids, gens, refs)])

@@ -6,7 +6,7 @@ import ray
 
 from actors.engines import Generation, SamplingParams, build_engine
 from actors.request_cache import RequestCache, request_key
-from actors.runtime import BusyClock, pick_device, use_all_cpu_threads
+from actors.runtime import BusyClock, inject_fault, pick_device, use_all_cpu_threads
 from loopdistill.config import TeacherConfig
 from loopdistill.schemas import TEACHER_REQUESTS, TEACHER_RESPONSES, make_table, require_columns
 
@@ -63,6 +63,7 @@ class TeacherActor:
             fresh.update(zip(batch, gens))
             if self.cache:
                 self.cache.put_many(list(zip(batch, gens)))
+            inject_fault("teacher.generate")  # dies after a persisted batch, before the rest
         return fresh
 
     def busy_seconds(self) -> float:

@@ -1,34 +1,76 @@
-"""TrainerRankActor and TrainerGroup: DeepSpeed ZeRO + PEFT LoRA finetuning over W ranks.
+"""TrainerRankActor and TrainerGroup: DeepSpeed ZeRO + PEFT LoRA finetuning of the student over W ranks.
 
-Training recipe from Kessler et al. 2025 (arXiv 2512.00884), training details: a fresh LoRA on all
-linear layers every iteration (rank = alpha), Adam, gradient-norm clipping 2.0, linear decay after a
-15% warm-up, the checkpoint best on the validation split is kept.
+Recipe (Kessler et al. 2025, arXiv 2512.00884, training details): a *fresh* LoRA every iteration
+(re-initialised, never warm-started) on all linear layers with rank = alpha, Adam, gradient-norm clip
+2.0, linear decay after a 15% linear warm-up; the epoch best on the validation split is kept.
+Only the LoRA adapter leaves the trainer (a directory), never the base weights.
 """
 from __future__ import annotations
 
+import copy
+import gc
+import logging
 import math
 import os
+import shutil
 import socket
+import tempfile
 import time
-from typing import Optional
+from typing import Union
 
 import pyarrow as pa
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from actors.sft_data import collate, rank_batches, tokenize_examples
+from actors.runtime import inject_fault
+from actors.sft_data import (
+    Example,
+    collate,
+    completion_nll,
+    eval_batches,
+    micro_steps_per_epoch,
+    rank_batches,
+    tokenize_examples,
+    without_loss,
+)
 from loopdistill.config import ModelConfig, TrainerConfig
 from loopdistill.schemas import TRAIN_EXAMPLES, require_columns
 
+log = logging.getLogger(__name__)
+
+
+def _check_tables(train_table: pa.Table, val_table: pa.Table, where: str) -> None:
+    require_columns(train_table, TRAIN_EXAMPLES, where)
+    require_columns(val_table, TRAIN_EXAMPLES, where + " (validation)")
+    if train_table.num_rows == 0:
+        raise ValueError(f"{where}: the training table is empty (0 rows); there is nothing to finetune on")
+
+
+def _skip_shm_comm_build(deepspeed) -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce op for CPU ranks (~30 s of C++
+    build on first use, and a compiler on every host): LoRA gradients are small, gloo suffices."""
+    try:
+        from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+
+        deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+    except (ImportError, AttributeError, TypeError):  # another DeepSpeed layout: keep its default
+        pass
+
 
 class TrainerRankActor:
-    """One DeepSpeed rank. The base model loads once; each `train` call wraps it in a new LoRA.
+    """One DeepSpeed rank of a TrainerGroup (a long-lived Ray actor; apply `ray.remote` with resources).
+
+    The tokenizer and base model load once, in `__init__`; each `train` call finetunes a new LoRA on a
+    copy of the base, so the base weights never change across iterations.
 
     Args:
-        rank, world_size: position in the group.
-        config: trainer section of the run config.
-        model: the student model (the LoRA's base).
+        rank, world_size: this rank's index and the number of ranks (0 <= rank < world_size).
+        config: the trainer section of the run config.
+        model: the student model (`path`, prompt formatting), the LoRA's base.
+
+    Raises:
+        loopdistill.models.ModelLoadError: the base model does not load.
     """
 
     def __init__(self, rank: int, world_size: int, config: TrainerConfig, model: ModelConfig):
@@ -36,87 +78,113 @@ class TrainerRankActor:
 
         from loopdistill.models import load_causal_lm, load_tokenizer
 
-        self.rank, self.world_size, self.config, self.model_config = rank, world_size, config, model
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
+        self.rank, self.world_size = rank, world_size
+        self.config, self.model_config = config, model
         self.cuda = config.num_gpus_per_rank > 0 and torch.cuda.is_available()
         self.device = "cuda" if self.cuda else "cpu"
-        if not self.cuda:  # ranks on one CPU host share its cores
+        if not self.cuda:
+            # All ranks train at once and (PACK) usually share one host: split its cores between them.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         self.tokenizer = load_tokenizer(model.path)
-        self.base = load_causal_lm(model.path, dtype=torch.bfloat16 if self.cuda else torch.float32, device=self.device)
-        self.peft = None
+        dtype = torch.bfloat16 if self.cuda else torch.float32
+        self.base = load_causal_lm(model.path, dtype=dtype, device=self.device)
 
-    def node_address(self) -> tuple[str, int]:
-        """(IP of this node, a free TCP port) for the process group's rendezvous."""
-        with socket.socket() as sock:
+    # --- process group ---------------------------------------------------------------------------
+    def node_address(self) -> str:
+        """IP address of this rank's node (rank 0's is MASTER_ADDR)."""
+        return ray.util.get_node_ip_address()
+
+    def free_port(self) -> int:
+        """A TCP port that is free on this node now (rank 0's is MASTER_PORT)."""
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             sock.bind(("", 0))
-            port = sock.getsockname()[1]
-        return ray.util.get_node_ip_address(), port
+            return sock.getsockname()[1]
 
     def setup(self, master_addr: str, master_port: int) -> None:
-        """Join the process group (gloo on CPU, NCCL on GPU) through deepspeed.init_distributed."""
+        """Join the group's process group: gloo on CPU, NCCL on GPU (blocks until all ranks join)."""
         import deepspeed
 
         os.environ.update(
-            MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(self.rank),
-            WORLD_SIZE=str(self.world_size), LOCAL_RANK="0",
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            # Ray gives each rank only its own GPU (CUDA_VISIBLE_DEVICES), so it is always device 0.
+            LOCAL_RANK="0",
         )
-        deepspeed.init_distributed(dist_backend="nccl" if self.cuda else "gloo", auto_mpi_discovery=False)
+        if not self.cuda:
+            _skip_shm_comm_build(deepspeed)
+        deepspeed.init_distributed(dist_backend="nccl" if self.cuda else "gloo", auto_mpi_discovery=False, verbose=False)
 
     # --- one training run ------------------------------------------------------------------------
     def train(self, train_table: pa.Table, val_table: pa.Table, output_dir: str) -> dict:
-        """Finetune a fresh LoRA on `train_table` (TRAIN_EXAMPLES), pick the epoch with the lowest
-        validation loss on `val_table`, and (rank 0) save that adapter to `output_dir`.
+        """Finetune a fresh LoRA on `train_table`, keep the epoch best on `val_table`, and (rank 0)
+        save that adapter with `save_pretrained` to `output_dir` (shared storage when ranks span nodes).
+        Every rank of the group must be called with the same tables.
 
-        Returns metrics (units in the names); rank 0 adds "adapter_dir".
+        train_table, val_table: TRAIN_EXAMPLES (id, prompt, completion). An empty validation table
+        keeps the last epoch.
+
+        Returns plain metrics, identical on every rank except "adapter_dir" (rank 0 only):
+            trainer/train_loss     last (or NaN-cut) epoch's mean completion NLL, nats/token, all ranks
+            trainer/val_loss_best  best epoch's validation NLL, nats/token (NaN: no epoch finished or
+                                   no validation tokens)
+            trainer/best_epoch     0-based epoch of the saved adapter (-1: the initial LoRA, = base model)
+            trainer/steps          optimizer steps taken
+            trainer/tokens         non-padding training tokens (prompt + completion), all ranks
+            trainer/seconds        wall seconds of this call on this rank
+            trainer/tokens_per_s   trainer/tokens / trainer/seconds
+            trainer/examples       training rows
+            trainer/truncated_examples  rows whose completion was cut by max_seq_len
+            trainer/nan_loss       True when a non-finite loss stopped training early
 
         Raises:
-            SchemaError: a table lacks a TRAIN_EXAMPLES column.
+            SchemaError: a table lacks a TRAIN_EXAMPLES column (named).
             ValueError: the training table is empty.
         """
-        require_columns(train_table, TRAIN_EXAMPLES, "TrainerRankActor.train(train)")
-        require_columns(val_table, TRAIN_EXAMPLES, "TrainerRankActor.train(validation)")
-        if train_table.num_rows == 0:
-            raise ValueError("TrainerRankActor.train: the training table is empty")
+        _check_tables(train_table, val_table, "TrainerRankActor.train")
         start = time.perf_counter()
         cfg, mc = self.config, self.model_config
-        train = tokenize_examples(train_table, self.tokenizer, mc.use_chat_template, cfg.max_seq_len)
-        val = tokenize_examples(val_table, self.tokenizer, mc.use_chat_template, cfg.max_seq_len)
+        train = tokenize_examples(train_table, self.tokenizer, mc.use_chat_template, mc.max_prompt_tokens, cfg.max_seq_len)
+        val = tokenize_examples(val_table, self.tokenizer, mc.use_chat_template, mc.max_prompt_tokens, cfg.max_seq_len)
         engine = self._fresh_engine(len(train))
-        result = self._fit(engine, train, val)
-        if self.rank == 0:
-            result["adapter_dir"] = self._save(output_dir, result.pop("best_state"))
-        else:
-            result.pop("best_state")
+        try:
+            result, best_state = self._fit(engine, train, val)
+            if self.rank == 0:
+                result["adapter_dir"] = self._save(engine.module, best_state, output_dir)
+        finally:
+            self._release(engine)
+        result["trainer/examples"] = len(train)
+        result["trainer/truncated_examples"] = sum(e.truncated for e in train)
         result["trainer/seconds"] = time.perf_counter() - start
-        result["trainer/tokens_per_s"] = result["trainer/tokens"] / result["trainer/seconds"]
-        engine.destroy()
+        result["trainer/tokens_per_s"] = result["trainer/tokens"] / max(result["trainer/seconds"], 1e-9)
         return result
 
-    def _fresh_lora(self):
-        """Remove the previous iteration's LoRA layers and inject new, identically seeded ones."""
-        import torch
-        from peft import LoraConfig, get_peft_model
-
-        if self.peft is not None:
-            self.base = self.peft.unload()  # drops the LoRA layers without merging them
-        cfg = self.config
-        torch.manual_seed(cfg.seed)  # every rank and every iteration starts from the same init
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-        self.peft = get_peft_model(self.base, lora)
-        return self.peft
-
     def _fresh_engine(self, num_examples: int):
+        """A new LoRA (seeded: identical on every rank and every call) on a copy of the base model,
+        wrapped by DeepSpeed with AdamW over the LoRA parameters only and a warm-up/linear-decay schedule."""
         import deepspeed
         import torch
+        from peft import LoraConfig, get_peft_model
         from transformers import get_linear_schedule_with_warmup
 
         cfg = self.config
-        model = self._fresh_lora()
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate)
-        steps_per_epoch = math.ceil(num_examples / (cfg.micro_batch_size * self.world_size * cfg.grad_accum_steps))
-        total = max(1, steps_per_epoch * cfg.epochs)
-        scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+        # A copy, not self.base: DeepSpeed casts (bf16) and, under ZeRO-3, partitions the module in
+        # place, so wrapping the kept base would leave it altered for the next iteration.
+        torch.manual_seed(cfg.seed)
+        lora = LoraConfig(
+            r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+        model = get_peft_model(copy.deepcopy(self.base), lora)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate)
+        micro = micro_steps_per_epoch(num_examples, self.world_size, cfg.micro_batch_size, cfg.grad_accum_steps)
+        total_steps = cfg.epochs * micro // cfg.grad_accum_steps
+        warmup_steps = round(cfg.warmup_ratio * total_steps)
+        scheduler = get_linear_schedule_with_warmup(optimizer, warmup_steps, total_steps)
         engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self._ds_config())
         return engine
 
@@ -125,134 +193,234 @@ class TrainerRankActor:
         return {
             "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
             "gradient_accumulation_steps": cfg.grad_accum_steps,
-            "train_batch_size": cfg.micro_batch_size * cfg.grad_accum_steps * self.world_size,
             "gradient_clipping": cfg.max_grad_norm,
             "zero_optimization": {"stage": cfg.zero_stage},
-            "zero_allow_untested_optimizer": True,  # torch AdamW: DeepSpeed's CPU Adam would need compiling
+            # torch AdamW as the client optimizer: DeepSpeed's CPU Adam would need a C++ build.
+            "zero_allow_untested_optimizer": True,
             "bf16": {"enabled": self.cuda},
-            "steps_per_print": 10**9,
+            "steps_per_print": 2**31 - 1,
             "wall_clock_breakdown": False,
         }
 
-    def _fit(self, engine, train: list[dict], val: list[dict]) -> dict:
-        """The epoch loop. Stops early (keeping the last good adapter) on a NaN/inf loss."""
+    def _fit(self, engine, train: list[Example], val: list[Example]) -> tuple[dict, dict]:
+        """The epoch loop: train, validate, keep the best LoRA state. A non-finite loss on any rank
+        stops all ranks before its backward pass, keeping the best adapter so far."""
         cfg = self.config
-        best = {"loss": math.inf, "epoch": -1, "state": self._lora_state(engine)}
-        tokens, steps, nan, epoch_loss = 0, 0, False, math.nan
+        best_state, best_loss, best_epoch = self._lora_state(engine), math.nan, -1
+        tokens, steps, nan_loss, train_loss = 0, 0, False, math.nan
         for epoch in range(cfg.epochs):
             engine.train()
-            losses = []
-            for batch in rank_batches(train, self.rank, self.world_size, cfg.micro_batch_size, epoch, cfg.seed):
-                batch = {k: v.to(self.device) for k, v in collate(batch, self.tokenizer.pad_token_id).items()}
-                loss = engine(**batch).loss
-                if not self._all_finite(loss):
-                    nan = True
+            nll_sum, nll_count = 0.0, 0
+            batches = rank_batches(
+                len(train), epoch, cfg.seed, self.rank, self.world_size, cfg.micro_batch_size, cfg.grad_accum_steps
+            )
+            for micro, indices in enumerate(batches):
+                batch = self._to_device(collate([train[i] for i in indices], self.tokenizer.pad_token_id))
+                logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                total, count = completion_nll(logits, batch["labels"])
+                loss = total / count.clamp(min=1)
+                if self._all_sum(0.0 if bool(loss.isfinite()) else 1.0) > 0:
+                    nan_loss = True
                     break
                 engine.backward(loss)
                 engine.step()
-                losses.append(loss.item())
+                inject_fault(f"trainer.rank{self.rank}.step")  # a rank dying mid-epoch
+                if (micro + 1) % cfg.grad_accum_steps == 0:
+                    steps += 1
+                nll_sum += float(total.detach())
+                nll_count += int(count)
                 tokens += int(batch["attention_mask"].sum())
-                steps += 1
-            if nan:
+            epoch_nll, epoch_count = self._all_sum(nll_sum), self._all_sum(float(nll_count))
+            if epoch_count > 0:
+                train_loss = epoch_nll / epoch_count
+            if nan_loss:
+                log.warning("rank %d: non-finite loss in epoch %d; keeping the adapter of epoch %d", self.rank, epoch, best_epoch)
                 break
-            epoch_loss = sum(losses) / max(1, len(losses))
-            val_loss = self._val_loss(engine, val)
-            if val_loss < best["loss"] or best["epoch"] < 0:
-                best = {"loss": val_loss, "epoch": epoch, "state": self._lora_state(engine)}
-        return {
-            "trainer/train_loss": epoch_loss,
-            "trainer/val_loss_best": best["loss"],
-            "trainer/best_epoch": best["epoch"],
+            val_loss, val_tokens = self._val_loss(engine, val)
+            no_validation = val_tokens == 0  # then the last epoch is kept
+            if no_validation or best_epoch < 0 or val_loss < best_loss:
+                best_state, best_loss, best_epoch = self._lora_state(engine), val_loss, epoch
+        metrics = {
+            "trainer/train_loss": train_loss,
+            "trainer/val_loss_best": best_loss,
+            "trainer/best_epoch": best_epoch,
             "trainer/steps": steps,
-            "trainer/tokens": self._all_sum(tokens),
-            "trainer/examples": len(train),
-            "trainer/nan_loss": nan,
-            "best_state": best["state"],
+            "trainer/tokens": int(self._all_sum(float(tokens))),
+            "trainer/nan_loss": nan_loss,
         }
+        return metrics, best_state
 
-    def _val_loss(self, engine, val: list[dict]) -> float:
-        """Token-weighted mean NLL (nats/token) of the validation completions, over all ranks."""
+    def _val_loss(self, engine, val: list[Example]) -> tuple[float, int]:
+        """(token-weighted mean NLL in nats/token of the validation completions, completion tokens),
+        summed over all ranks. Each rank takes a strided shard; empty slots carry no loss."""
         import torch
 
         engine.eval()
         nll, count = 0.0, 0
-        shard = val[self.rank :: self.world_size]
+        filler = val[0] if val else None
         with torch.no_grad():
-            for i in range(0, len(shard), self.config.micro_batch_size):
-                batch = collate(shard[i : i + self.config.micro_batch_size], self.tokenizer.pad_token_id)
-                batch = {k: v.to(self.device) for k, v in batch.items()}
+            for indices in eval_batches(len(val), self.rank, self.world_size, self.config.micro_batch_size):
+                examples = [val[i] if i is not None else without_loss(filler) for i in indices]
+                batch = self._to_device(collate(examples, self.tokenizer.pad_token_id))
                 logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                labels = batch["labels"][:, 1:]
-                nll += float(torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels, reduction="sum"))
-                count += int((labels != -100).sum())
-        return self._all_sum(nll) / max(1, self._all_sum(count))
+                total, n = completion_nll(logits, batch["labels"])
+                nll, count = nll + float(total), count + int(n)
+        nll, count = self._all_sum(nll), int(self._all_sum(float(count)))
+        return (nll / count if count else math.nan), count
 
-    # --- collectives and state -------------------------------------------------------------------
-    def _all_sum(self, value: float):
+    # --- collectives, state, cleanup -------------------------------------------------------------
+    def _to_device(self, batch: dict):
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _all_sum(self, value: float) -> float:
+        """Sum of a scalar over all ranks (a collective: every rank must call it)."""
         import torch
         import torch.distributed as dist
 
-        t = torch.tensor([float(value)], device=self.device)
-        dist.all_reduce(t)
-        return type(value)(t.item())
-
-    def _all_finite(self, loss) -> bool:
-        """True when the loss is finite on every rank (all ranks must stop together)."""
-        return self._all_sum(0 if bool(loss.isfinite()) else 1) == 0
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return float(t.item())
 
     def _lora_state(self, engine) -> dict:
-        """CPU copy of the trainable (LoRA) parameters, gathered first under ZeRO-3."""
+        """CPU copy of the trainable (LoRA) parameters by full module name, gathered under ZeRO-3
+        (a collective there: every rank must call it)."""
         import deepspeed
 
         named = [(n, p) for n, p in engine.module.named_parameters() if p.requires_grad]
         with deepspeed.zero.GatheredParameters([p for _, p in named], enabled=self.config.zero_stage == 3):
-            return {n: p.detach().float().cpu().clone() for n, p in named}
+            return {n: p.detach().to("cpu", copy=True) for n, p in named}
 
-    def _save(self, output_dir: str, state: dict) -> str:
-        os.makedirs(output_dir, exist_ok=True)
-        self.peft.save_pretrained(output_dir, state_dict=state)
+    @staticmethod
+    def _save(peft_model, state: dict, output_dir: str) -> str:
+        """Write the adapter (adapter_config.json + adapter_model.safetensors) of `state`; written
+        beside `output_dir` and renamed, so a killed save never leaves a half adapter behind."""
+        parent = os.path.dirname(os.path.abspath(output_dir))
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(dir=parent, prefix=".adapter-")
+        peft_model.save_pretrained(tmp, state_dict=state)
+        shutil.rmtree(output_dir, ignore_errors=True)
+        os.replace(tmp, output_dir)
         return output_dir
+
+    def _release(self, engine) -> None:
+        import torch
+
+        engine.destroy()
+        del engine
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+
+
+Table = Union[pa.Table, "ray.ObjectRef"]
 
 
 class TrainerGroup:
-    """W TrainerRankActor ranks in one placement group; rank 0 publishes the rendezvous address.
+    """W TrainerRankActor ranks in one placement group; rank 0 publishes MASTER_ADDR/MASTER_PORT.
+
+    Resources are declared here only: one bundle per rank, {"CPU": num_cpus_per_rank} plus
+    {"GPU": num_gpus_per_rank} when > 0, packed (strategy PACK). CPU ranks get DS_ACCELERATOR=cpu.
+    Ranks are not restarted: a dead rank breaks the process group; create a new TrainerGroup.
+    Needs `ray.init` done by the caller.
 
     Args:
-        config: trainer section (num_ranks, resources per rank, ZeRO stage, LoRA and optimiser settings).
+        config: trainer section (ranks, resources, ZeRO stage, LoRA and optimiser settings).
         model: the student model to finetune.
+        ready_timeout_s: how long to wait for the placement group (and the ranks' setup).
+
+    Raises:
+        TimeoutError: the cluster cannot place the bundles within `ready_timeout_s`.
     """
 
-    def __init__(self, config: TrainerConfig, model: ModelConfig, timeout_s: float = 600.0):
-        self.config = config
+    def __init__(self, config: TrainerConfig, model: ModelConfig, ready_timeout_s: float = 600.0):
+        self.config, self.model, self.ready_timeout_s = config, model, ready_timeout_s
+        self._start()
+
+    def _start(self) -> None:
+        """Place the bundles, start the ranks and form their process group."""
+        config, model, ready_timeout_s = self.config, self.model, self.ready_timeout_s
         bundle = {"CPU": config.num_cpus_per_rank}
         if config.num_gpus_per_rank > 0:
             bundle["GPU"] = config.num_gpus_per_rank
         self.pg = placement_group([dict(bundle) for _ in range(config.num_ranks)], strategy="PACK")
-        ray.get(self.pg.ready(), timeout=timeout_s)
-        env = {} if config.num_gpus_per_rank > 0 else {"DS_ACCELERATOR": "cpu"}
+        try:
+            ray.get(self.pg.ready(), timeout=ready_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(self.pg)
+            raise TimeoutError(
+                f"TrainerGroup: {config.num_ranks} bundles of {bundle} not placed within {ready_timeout_s:.0f} s; "
+                f"cluster resources: {ray.cluster_resources()}"
+            ) from None
+        options = dict(num_cpus=config.num_cpus_per_rank, num_gpus=config.num_gpus_per_rank, max_restarts=0)
+        if config.num_gpus_per_rank == 0:
+            options["runtime_env"] = {"env_vars": {"DS_ACCELERATOR": "cpu"}}
+        remote = ray.remote(TrainerRankActor)
         self.ranks = [
-            ray.remote(TrainerRankActor)
-            .options(
-                num_cpus=config.num_cpus_per_rank,
-                num_gpus=config.num_gpus_per_rank,
+            remote.options(
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank),
-                runtime_env={"env_vars": env},
-            )
-            .remote(rank, config.num_ranks, config, model)
+                **options,
+            ).remote(rank, config.num_ranks, config, model)
             for rank in range(config.num_ranks)
         ]
-        addr, port = ray.get(self.ranks[0].node_address.remote())
-        ray.get([r.setup.remote(addr, port) for r in self.ranks])
+        master_addr, master_port = ray.get(
+            [self.ranks[0].node_address.remote(), self.ranks[0].free_port.remote()], timeout=ready_timeout_s
+        )
+        ray.get([r.setup.remote(master_addr, master_port) for r in self.ranks], timeout=ready_timeout_s)
 
-    def train(self, train_table, val_table, output_dir: str) -> dict:
-        """Train on every rank (tables or ObjectRefs of TRAIN_EXAMPLES). Returns rank 0's metrics and
-        adapter_dir, plus trainer/accelerator_seconds summed over ranks."""
-        results = ray.get([r.train.remote(train_table, val_table, output_dir) for r in self.ranks])
+    def train(self, train_table: Table, val_table: Table, output_dir: str) -> dict:
+        """Finetune a fresh LoRA on all ranks (see TrainerRankActor.train) and return rank 0's metrics
+        and "adapter_dir", plus trainer/accelerator_seconds (the ranks' trainer/seconds summed).
+
+        train_table, val_table: TRAIN_EXAMPLES tables or ObjectRefs to them; a table is put in the
+        object store once and every rank reads the same object.
+
+        Raises:
+            SchemaError, ValueError: as TrainerRankActor.train (checked here first for tables).
+            ray.exceptions.RayError: a rank failed with an error, or ranks died more than
+                `config.max_restarts` times (a died rank restarts the whole group and the step).
+        """
+        if isinstance(train_table, pa.Table) and isinstance(val_table, pa.Table):
+            _check_tables(train_table, val_table, "TrainerGroup.train")
+        train_ref = ray.put(train_table) if isinstance(train_table, pa.Table) else train_table
+        val_ref = ray.put(val_table) if isinstance(val_table, pa.Table) else val_table
+        for attempt in range(self.config.max_restarts + 1):
+            try:
+                results = self._gather([r.train.remote(train_ref, val_ref, output_dir) for r in self.ranks])
+                break
+            except ray.exceptions.ActorDiedError:
+                # A dead rank breaks the process group: start a new group and run the step again
+                # from its start (a fresh LoRA; nothing of the failed attempt is reused).
+                if attempt == self.config.max_restarts:
+                    raise
+                log.warning("TrainerGroup: a rank died; restarting the group (%d/%d)", attempt + 1, self.config.max_restarts)
+                self.shutdown()
+                self._start()
         out = dict(results[0])
         out["trainer/accelerator_seconds"] = sum(r["trainer/seconds"] for r in results)
         return out
 
+    def _gather(self, refs: list, grace_s: float = 60.0) -> list[dict]:
+        """ray.get of all ranks, except that a failed rank does not leave the others hanging in a
+        collective forever: they get `grace_s` to finish (a bad table fails on every rank at once),
+        after which the group is shut down."""
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(done[0])
+            except Exception:
+                _, still = ray.wait(pending, num_returns=len(pending), timeout=grace_s)
+                if still:
+                    log.error("TrainerGroup: a rank failed while others were still training; shutting the group down")
+                    self.shutdown()
+                raise
+        return ray.get(refs)
+
     def shutdown(self) -> None:
-        for rank in self.ranks:
+        """Kill the ranks and free their placement group (idempotent)."""
+        for rank in getattr(self, "ranks", []):
             ray.kill(rank)
-        remove_placement_group(self.pg)
+        self.ranks = []
+        if getattr(self, "pg", None) is not None:
+            remove_placement_group(self.pg)
+            self.pg = None

@@ -58,7 +58,8 @@ class BudgetLedger:
         return len(prompt_tokens)
 
     def charge_teacher(self, input_tokens: int, output_tokens: int, requests: int) -> None:
-        """Settle answered requests at their real token counts."""
+        """Settle answered requests at their real token counts (for teachers without a cache; the
+        loop settles from the paid-once cache with `reconcile_teacher`)."""
         self.spent.teacher_input_tokens += int(input_tokens)
         self.spent.teacher_output_tokens += int(output_tokens)
         self.spent.teacher_requests += int(requests)

@@ -25,7 +25,6 @@ from typing import Callable
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
@@ -105,8 +104,6 @@ class ClosedLoop:
         self.val_ref = ray.put(splits.validation)
         self.test_ref = ray.put(splits.test)
         self.val_train_ref = ray.put(to_train_examples(task, splits.validation))
-        if state.adapter_dir:
-            ray.get(self.actors.student.set_adapter.remote(state.adapter_dir))
 
     # --- the loop -----------------------------------------------------------------------------
     def run(self) -> tuple[int, str]:
@@ -162,7 +159,7 @@ class ClosedLoop:
     # --- stages ------------------------------------------------------------------------------
     def predict_pool(self) -> pa.Table:
         """PREDICTIONS of the current student on the seed pool."""
-        return ray.get(self.actors.student.predict.remote(self.seeds_ref))
+        return ray.get(self.actors.student.predict.remote(self.seeds_ref, self.state.adapter_dir))
 
     def select(self, predictions: pa.Table, t: int, metrics: dict) -> dict[str, pa.Table]:
         """Score the pool; returns {"scores": SCORES, "selected": the selected SEEDS rows}."""
@@ -226,12 +223,9 @@ class ClosedLoop:
         if n == 0:
             return make_table(TEACHER_RESPONSES, []), "budget exhausted: the teacher budget cannot pay for one more request"
         responses = self.actors.teacher.generate(requests.slice(0, n), seed)
-        paid = responses.filter(pc.invert(responses.column("cached")))
-        self.ledger.charge_teacher(
-            pc.sum(paid.column("input_tokens")).as_py() or 0,
-            pc.sum(paid.column("output_tokens")).as_py() or 0,
-            paid.num_rows,
-        )
+        # Settle from the paid-once cache rather than from `responses`: a replica that died after
+        # persisting part of the batch was paid for that part, which its retried call serves as cached.
+        self.ledger.reconcile_teacher(self.actors.teacher.paid())
         return responses, ""
 
     def train(self, t: int, out_dir: Path, metrics: dict) -> dict:
@@ -245,13 +239,13 @@ class ClosedLoop:
         result = self.actors.trainer.train(ray.put(train_set), self.val_train_ref, str(out_dir / "adapter"))
         self.state.adapter_dir = result.pop("adapter_dir")
         self.ledger.charge_seconds("trainer", float(result.get("trainer/accelerator_seconds", 0.0)))
-        ray.get(self.actors.student.set_adapter.remote(self.state.adapter_dir))
         metrics.update({k: float(v) for k, v in result.items() if isinstance(v, (int, float))})
         return {}
 
     def evaluate(self, prefix: str) -> dict[str, float]:
         """Accuracy, ECE and mean confidence of the current student on validation and test."""
-        val, test = ray.get([self.actors.student.predict.remote(self.val_ref), self.actors.student.predict.remote(self.test_ref)])
+        student, adapter = self.actors.student, self.state.adapter_dir
+        val, test = ray.get([student.predict.remote(self.val_ref, adapter), student.predict.remote(self.test_ref, adapter)])
         out = {}
         for split, table in (("val", val), ("test", test)):
             correct = table.column("correct").to_numpy(zero_copy_only=False)

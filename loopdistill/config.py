@@ -73,6 +73,7 @@ class TrainerConfig(_Section):
     max_grad_norm: float = Field(2.0, gt=0)
     max_seq_len: int = Field(384, ge=16, description="prompt + answer tokens")
     include_seeds: bool = Field(False, description="also train on the seed pool itself")
+    max_restarts: int = Field(1, ge=0, description="times a group whose rank died is restarted per step")
     seed: int = 0
 
 

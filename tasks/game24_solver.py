@@ -65,6 +65,7 @@ def solve(numbers: list[int]) -> Optional[list[str]]:
 
 
 def is_solvable(numbers: list[int]) -> bool:
+    """True when the numbers (each used once, + - * / with exact fractions) can make 24."""
     return solve(numbers) is not None
 
 
@@ -83,6 +84,7 @@ class ExpressionError(ValueError):
     """An expression that is not plain arithmetic on integers (or divides by zero)."""
 
 
+MAX_EXPRESSION_CHARS = 200  # a four-number expression is far shorter; bounds parse and arithmetic work
 _AST_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
 
 
@@ -92,9 +94,11 @@ def evaluate(expression: str) -> tuple[Fraction, list[int]]:
     Only integer literals, + - * / and parentheses are accepted; anything else (names, calls,
     attributes, powers) raises ExpressionError, so untrusted model output is never executed.
     """
+    if len(expression) > MAX_EXPRESSION_CHARS:
+        raise ExpressionError(f"expression longer than {MAX_EXPRESSION_CHARS} characters")
     try:
         tree = ast.parse(expression.replace("×", "*").replace("÷", "/"), mode="eval")
-    except SyntaxError as err:
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as err:
         raise ExpressionError(f"not an arithmetic expression: {expression!r}") from err
     used: list[int] = []
     return _eval(tree.body, used), used
@@ -134,13 +138,15 @@ def backward_puzzle(anchor: list[int], rng: random.Random, tries: int = 200) -> 
 
 
 def _split(v: int, anchor: list[int], rng: random.Random) -> Optional[tuple[int, int]]:
-    pairs = []
-    for x in range(1, 14):
-        for y, ok in ((v - x, True), (x - v, True), (v // x if v % x == 0 else 0, True), (v * x, True)):
-            if ok and 1 <= y <= 13:
-                pairs.append((x, y))
+    """A random (x, y) with x op y == v for some op in + - * / (exact), x and y integers in 1..13.
+    With probability 0.5, x is one of the anchor's numbers when such a split exists."""
+    pairs = [(x, y) for x in range(1, 14) for y in _partners(v, x) if 1 <= y <= 13]
     if not pairs:
         return None
     preferred = [p for p in pairs if p[0] in anchor]
-    pool = preferred if preferred and rng.random() < 0.5 else pairs
-    return rng.choice(pool)
+    return rng.choice(preferred if preferred and rng.random() < 0.5 else pairs)
+
+
+def _partners(v: int, x: int) -> tuple[int, ...]:
+    """Every y (0 marks none) with x + y, x - y, y - x, x * y, x / y or y / x equal to v (v >= 1)."""
+    return (v - x, x - v, x + v, v // x if v % x == 0 else 0, x // v if x % v == 0 else 0, v * x)

@@ -1,44 +1,73 @@
-"""GSM8K (Cobbe et al. 2021): grade-school math word problems with a numeric final answer."""
+"""GSM8K (Cobbe et al. 2021): grade-school math word problems with a numeric final answer.
+
+Data: github.com/openai/grade-school-math `train.jsonl`/`test.jsonl`, one object per line with
+`question` and `answer`; `answer` is a worked solution with calculator annotations `<<48/2=24>>`
+whose last line is `#### N`.
+"""
 from __future__ import annotations
 
+import os
 import random
 import re
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from loopdistill.schemas import SEEDS, make_table
 from tasks.base import DataError, Splits, Task
-from tasks.io import read_records, require_fields
+from tasks.io import SUFFIXES, read_numbered, require_fields, row_error
 
 _CALC = re.compile(r"<<[^>]*>>")
-_FINAL = re.compile(r"####\s*(.+)\s*$", re.S)
-_ANSWER_IS = re.compile(r"the answer is\s*:?\s*\$?\s*(-?[\d,]*\.?\d+)", re.I)
-_NUMBER = re.compile(r"-?\d[\d,]*\.?\d*|-?\.\d+")
+# A number: optional sign (not a hyphen inside "3-day" or "10-3"), thousands commas, decimals.
+_NUMBER = re.compile(r"(?:(?<![\w)])-)?(?:\d+(?:,\d{3})*(?:\.\d+)?|\.\d+)")
+_ANSWER_IS = re.compile(r"the answer is", re.I)
+_NEW_QUESTION = re.compile(r"new question\s*:", re.I)
+_QUESTION_END = re.compile(r"\n\s*\n|\s(?:answer|solution)\s*:", re.I)
+
+
+def _canonical(raw: str) -> Optional[str]:
+    """"1,234" -> "1234", "2.50" -> "2.5", "7.0" -> "7", "-0" -> "0"; None when not a number."""
+    try:
+        value = Decimal(raw.replace(",", ""))
+    except InvalidOperation:
+        return None
+    return "0" if value == 0 else format(value.normalize(), "f")
 
 
 def normalize_number(text: str) -> Optional[str]:
-    """"1,234" -> "1234", "$5" -> "5", "2.50" -> "2.5", "3.0" -> "3"; None when no number."""
+    """The first number in `text`, normalised ("$1,234.50" -> "1234.5", "-3" -> "-3"); None when none."""
     match = _NUMBER.search(text.replace("$", ""))
-    if not match:
-        return None
-    raw = match.group(0).replace(",", "").rstrip(".")
-    try:
-        value = float(raw)
-    except ValueError:
-        return None
-    return str(int(value)) if value.is_integer() else repr(value)
+    return _canonical(match.group(0)) if match else None
 
 
 def clean_solution(answer: str) -> tuple[str, str]:
-    """A GSM8K answer field -> (worked solution ending "The answer is N.", normalised N).
+    """A GSM8K `answer` field -> (training target, reference).
 
-    Raises ValueError when the field has no "#### N" line."""
-    match = _FINAL.search(answer)
-    number = normalize_number(match.group(1)) if match else None
+    The target drops the `<<...>>` calculator annotations and replaces the final "#### N" line with
+    "The answer is N." (the format `answer_prompt` asks for); the reference is N normalised.
+    Raises ValueError when there is no "#### <number>" marker.
+    """
+    marker = answer.rfind("####")
+    number = normalize_number(answer[marker + 4 :]) if marker >= 0 else None
     if number is None:
-        raise ValueError("no '#### <number>' final line")
-    steps = _CALC.sub("", answer[: match.start()]).strip()
+        raise ValueError("has no '#### <number>' final line")
+    steps = _CALC.sub("", answer[:marker]).strip()
     return f"{steps}\nThe answer is {number}.".strip(), number
+
+
+def _number_after(text: str, markers: Iterable[re.Match]) -> Optional[tuple[int, int]]:
+    """Span of the first number on the rest of the line after the last marker followed by one."""
+    for marker in reversed(list(markers)):
+        end = text.find("\n", marker.end())
+        number = _NUMBER.search(text, marker.end(), end if end >= 0 else len(text))
+        if number:
+            return number.span()
+    return None
+
+
+def _looks_local(data_path: str) -> bool:
+    """True for paths that cannot be a hub id ("/abs", "./rel", "../rel", "~/x", or anything existing)."""
+    return os.path.isabs(data_path) or data_path.startswith((".", "~")) or Path(data_path).exists()
 
 
 class GSM8KTask(Task):
@@ -48,109 +77,108 @@ class GSM8KTask(Task):
 
     # --- data -----------------------------------------------------------------------------------
     def load_splits(self, data_path, num_seeds, num_validation, num_test, seed) -> Splits:
+        """Seeds and validation sampled disjointly from train, test from test (`random.Random(seed)`).
+
+        `data_path`: a folder with train/test .jsonl (or .parquet, .json); one such file (then all
+        three splits are sampled disjointly from it); or a Hugging Face dataset id ("openai/gsm8k",
+        config "main"; needs `datasets` and network). Row ids are "gsm8k-<split>-<0-based index>".
+
+        Raises:
+            DataError: missing file (path named), malformed line or row (file, 1-based row, field),
+                fewer rows than requested.
+        """
         if not data_path:
-            raise DataError("task.data_path is required for gsm8k (a folder with train.jsonl/test.jsonl, a file, or a hub id)")
-        train, test = self._load(data_path)
+            raise DataError("gsm8k needs task.data_path: a folder with train.jsonl/test.jsonl, a file, or a hub id")
         rng = random.Random(seed)
         need = num_seeds + num_validation
-        if len(train) < need or len(test) < num_test:
-            raise DataError(f"{data_path}: {len(train)} train / {len(test)} test rows, need {need} / {num_test}")
-        picked = rng.sample(train, need)
+        train, test = self._load(str(data_path))
+        if test is None:  # one file: carve all three splits out of it
+            _require_rows(data_path, len(train), need + num_test)
+            picked = rng.sample(train, need + num_test)
+            picked, test_rows = picked[:need], picked[need:]
+        else:
+            _require_rows(f"{data_path} (train)", len(train), need)
+            _require_rows(f"{data_path} (test)", len(test), num_test)
+            picked, test_rows = rng.sample(train, need), rng.sample(test, num_test)
         return Splits(
             seeds=make_table(SEEDS, picked[:num_seeds]),
             validation=make_table(SEEDS, picked[num_seeds:]),
-            test=make_table(SEEDS, rng.sample(test, num_test)),
+            test=make_table(SEEDS, test_rows),
         )
 
-    def _load(self, data_path: str) -> tuple[list[dict], list[dict]]:
-        path = Path(data_path)
+    def _load(self, data_path: str) -> tuple[list[dict], Optional[list[dict]]]:
+        """(train rows, test rows), test None when `data_path` is a single file."""
+        path = Path(data_path).expanduser()
         if path.is_dir():
             return self._file(path, "train"), self._file(path, "test")
-        if path.suffix in (".jsonl", ".json", ".parquet") or path.exists():
-            rows = self._rows(path, "all")
-            return rows, rows  # one file: callers sample disjoint seeds/validation; test may overlap
+        if path.suffix in SUFFIXES or _looks_local(data_path):
+            return _clean_rows(read_numbered(path), path, path.stem), None
         return self._hub(data_path)
 
     def _file(self, folder: Path, split: str) -> list[dict]:
-        for suffix in (".jsonl", ".parquet", ".json"):
+        for suffix in SUFFIXES:
             if (folder / f"{split}{suffix}").is_file():
-                return self._rows(folder / f"{split}{suffix}", split)
-        raise DataError(f"data file not found: {folder / (split + '.jsonl')}")
-
-    def _rows(self, path: Path, split: str) -> list[dict]:
-        out = []
-        for number, row in enumerate(read_records(path), 1):
-            require_fields(path, number, row, ("question", "answer"))
-            try:
-                solution, reference = clean_solution(row["answer"])
-            except ValueError as err:
-                raise DataError(f"{path}, row {number}: field 'answer' has {err}") from None
-            out.append({"id": f"gsm8k-{split}-{number}", "question": row["question"].strip(), "answer": solution, "reference": reference})
-        return out
+                path = folder / f"{split}{suffix}"
+                return _clean_rows(read_numbered(path), path, split)
+        raise DataError(f"data file not found: {folder / (split + '.jsonl')} (nor .json/.parquet)")
 
     def _hub(self, dataset_id: str) -> tuple[list[dict], list[dict]]:
         try:
             from datasets import load_dataset
 
             ds = load_dataset(dataset_id, "main")
-        except Exception as err:  # offline, unknown id, datasets missing: say which path failed
-            raise DataError(f"data path {dataset_id!r} is not a file or folder and could not be loaded from the hub: {err}") from None
-        return tuple(self._hub_rows(ds[split], dataset_id, split) for split in ("train", "test"))
-
-    def _hub_rows(self, rows, source: str, split: str) -> list[dict]:
-        out = []
-        for number, row in enumerate(rows, 1):
-            require_fields(f"{source}[{split}]", number, row, ("question", "answer"))
-            solution, reference = clean_solution(row["answer"])
-            out.append({"id": f"gsm8k-{split}-{number}", "question": row["question"], "answer": solution, "reference": reference})
-        return out
+        except Exception as err:  # offline, unknown id, `datasets` missing: name what was tried
+            raise DataError(f"data path {dataset_id!r} is not a local file or folder and could not be loaded from the hub: {err}") from None
+        return tuple(
+            _clean_rows(enumerate(ds[split], 1), f"{dataset_id}[{split}]", split) for split in ("train", "test")
+        )
 
     # --- prompts --------------------------------------------------------------------------------
     def answer_prompt(self, question: str) -> str:
         return (
             "Solve the math word problem step by step. "
-            'Finish with a line "The answer is <number>."\n\n'
+            'End with a line of the form "The answer is <number>."\n\n'
             f"Problem: {question}"
         )
 
     def rewrite_prompt(self, seed: dict, few_shot: list[dict]) -> str:
-        """Rewrite-harder prompt after Kessler et al. 2025 (arXiv 2512.00884), App. prompts for GSM8K."""
-        examples = "\n".join(f"Example: {row['question']}" for row in few_shot)
+        """Rewrite-harder prompt (Kessler et al. 2025, arXiv 2512.00884, Algorithm 1 step 4): the few-shot
+        D0 questions show the style, the selected seed is rewritten into one new, harder problem."""
+        examples = "\n".join(f"Example {i}: {row['question']}" for i, row in enumerate(few_shot, 1))
         return (
-            "You write new grade-school math word problems.\n"
-            f"Here are examples of the style:\n{examples}\n\n"
-            f"Rewrite this problem into a new, harder one:\n{seed['question']}\n\n"
-            "Use new names, objects and quantities, and add 1 to 3 extra arithmetic operations. "
-            "The answer must be a single number. Do not solve it. "
-            'Reply with exactly one line starting with "New question:".'
+            "You write grade-school math word problems.\n"
+            f"Examples of the style:\n{examples}\n\n"
+            f"Selected problem:\n{seed['question']}\n\n"
+            "Write ONE new problem that is harder than the selected problem: use new names, objects and "
+            "quantities, and add 1 to 3 extra arithmetic operations. Its answer must be a single number. "
+            "Do not solve it.\n"
+            'Output exactly one line starting with "New question:".'
         )
 
     def parse_rewrite(self, text: str) -> Optional[str]:
-        match = re.search(r"new question\s*:\s*(.+)", text, re.I | re.S)
-        if not match:
+        """The text after the last "New question:", up to a blank line or an "Answer:"/"Solution:" part,
+        whitespace-collapsed; None when absent, shorter than 20 characters, or with neither "?" nor a digit."""
+        markers = list(_NEW_QUESTION.finditer(text))
+        if not markers:
             return None
-        question = re.split(r"\n\s*\n|\n(?:answer|solution)\s*:", match.group(1).strip(), flags=re.I)[0]
-        question = " ".join(question.split())
-        if len(question) < 20 or not (("?" in question) or any(c.isdigit() for c in question)):
+        question = _QUESTION_END.split(text[markers[-1].end() :].strip(), maxsplit=1)[0]
+        question = " ".join(question.split()).strip("*\"' ")
+        if len(question) < 20 or not ("?" in question or any(c.isdigit() for c in question)):
             return None
         return question
 
     # --- answers --------------------------------------------------------------------------------
     def extract_answer(self, text: str) -> Optional[str]:
+        """The final number, normalised like the reference; None when the text has no number."""
         span = self.answer_span(text)
-        return normalize_number(text[span[0] : span[1]]) if span else None
+        return _canonical(text[span[0] : span[1]]) if span else None
 
     def answer_span(self, text: str) -> Optional[tuple[int, int]]:
-        """Character span of the final number: after the last "The answer is", else "####", else the
-        last number in the text."""
-        matches = list(_ANSWER_IS.finditer(text))
-        if matches:
-            return matches[-1].span(1)
-        final = _FINAL.search(text)
-        if final:
-            inner = _NUMBER.search(final.group(1))
-            if inner:
-                return final.start(1) + inner.start(), final.start(1) + inner.end()
+        """Span of the final number: the first number after the last "The answer is" (same line),
+        else after the last "####", else the last number in the text."""
+        span = _number_after(text, _ANSWER_IS.finditer(text)) or _number_after(text, re.finditer("####", text))
+        if span:
+            return span
         numbers = list(_NUMBER.finditer(text))
         return numbers[-1].span() if numbers else None
 
@@ -158,10 +186,28 @@ class GSM8KTask(Task):
         return self.extract_answer(answer_text)
 
     def verify(self, prediction: str, reference: str) -> bool:
+        """Numeric equality (|a - b| < 1e-6) of the extracted answer and `reference`; False when either
+        does not parse."""
         answer = self.extract_answer(prediction)
-        if answer is None:
-            return False
         try:
-            return abs(float(answer) - float(reference)) < 1e-6
+            return answer is not None and abs(float(answer) - float(reference.replace(",", ""))) < 1e-6
         except ValueError:
             return False
+
+
+def _clean_rows(numbered: Iterable[tuple[int, dict]], source, split: str) -> list[dict]:
+    """SEEDS rows from (1-based row number, record) pairs. Raises DataError naming source, row, field."""
+    out = []
+    for index, (number, row) in enumerate(numbered):
+        require_fields(source, number, row, ("question", "answer"))
+        try:
+            answer, reference = clean_solution(row["answer"])
+        except ValueError as err:
+            raise row_error(source, number, "answer", str(err)) from None
+        out.append({"id": f"gsm8k-{split}-{index}", "question": row["question"].strip(), "answer": answer, "reference": reference})
+    return out
+
+
+def _require_rows(source, have: int, need: int) -> None:
+    if have < need:
+        raise DataError(f"{source}: {have} rows, need {need} for the requested split sizes")

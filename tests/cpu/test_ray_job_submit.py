@@ -6,7 +6,6 @@ import sqlite3
 import subprocess
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 

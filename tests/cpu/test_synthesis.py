@@ -1,4 +1,3 @@
-import pyarrow as pa
 
 from drivers import synthesis
 from loopdistill.schemas import TEACHER_RESPONSES, make_table

@@ -1,0 +1,113 @@
+"""Fault injection on real Ray: actors killed mid-work (teacher mid-generation, student mid-scoring,
+a trainer rank mid-epoch) and the driver killed between and inside stages. Every run completes, no
+teacher request is paid twice, and the outcome equals an uninterrupted run with the same seeds."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from actors.request_cache import RequestCache
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write_config(tmp_path: Path, data: Path, name: str) -> Path:
+    cfg = {
+        "task": {"name": "game24", "data_path": str(data / "game24" / "24.csv"), "num_seeds": 8, "num_validation": 4, "num_test": 4},
+        "student": {"model": {"path": "tiny-random-llama"}, "max_new_tokens": 16, "batch_size": 8},
+        "teacher": {"engine": "programmatic", "model": {"path": "tiny-random-llama"}, "batch_size": 2},
+        "trainer": {"epochs": 2, "micro_batch_size": 2, "max_seq_len": 192, "lora_rank": 4, "lora_alpha": 4},
+        "loop": {"iterations": 2, "strategy": "loss_high", "seeds_per_iteration": 4},
+        "tracking": {"experiment": "faults", "run_name": name, "output_dir": str(tmp_path / name), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        "ray": {"num_cpus": 4},
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _cli(*args: str, env: dict | None = None, wait: bool = True):
+    cmd = [sys.executable, "-m", "drivers.cli", "run", *args]
+    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    if wait:
+        return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=900)
+    return subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _run_dir(root: Path) -> Path:
+    return next(p.parent for p in root.glob("*/config.json"))
+
+
+def _outcome(run_dir: Path) -> list:
+    return [
+        (pq.read_table(it / "selected.parquet").column("id").to_pylist(),
+         pq.read_table(it / "synthetic.parquet").select(["id", "question", "answer"]).to_pylist())
+        for it in sorted(run_dir.glob("iter_*"))
+    ]
+
+
+def _paid_once(run_dir: Path) -> tuple[int, int]:
+    """(requests the ledger paid, distinct requests in the cache): equal when none was paid twice."""
+    spent = json.loads((run_dir / "state.json").read_text())["ledger"]
+    return spent["teacher_requests"], RequestCache(run_dir / "teacher_cache.sqlite").stats()["requests"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, shared_data):
+    tmp = tmp_path_factory.mktemp("ref")
+    proc = _cli(str(_write_config(tmp, shared_data, "ref")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _outcome(_run_dir(tmp / "ref"))
+
+
+def test_actors_killed_mid_work(tmp_path, shared_data, reference):
+    faults = "teacher.generate,student.predict,trainer.rank0.step"
+    env = {"LOOPDISTILL_FAULTS": faults, "LOOPDISTILL_FAULT_DIR": str(tmp_path)}
+    proc = _cli(str(_write_config(tmp_path, shared_data, "faulty")), env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    fired = sorted(p.stem for p in tmp_path.glob("*.fired"))
+    assert fired == sorted(faults.split(","))  # every fault really happened
+    run_dir = _run_dir(tmp_path / "faulty")
+    assert json.loads((run_dir / "state.json").read_text())["iteration"] == 2
+    paid, distinct = _paid_once(run_dir)
+    assert paid == distinct
+    assert _outcome(run_dir) == reference
+
+
+@pytest.mark.parametrize("kill_after", ["iteration 0: stage train", "iteration 1: stage generate"])
+def test_driver_killed_then_resumed(tmp_path, shared_data, reference, kill_after):
+    """Kill the driver (SIGKILL, whole process group) once the state shows the given stage started
+    or done, then `--resume`."""
+    config = _write_config(tmp_path, shared_data, "killed")
+    proc = _cli(str(config), wait=False)
+    t, stage = int(kill_after.split()[1].rstrip(":")), kill_after.split()[-1]
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        state_files = list((tmp_path / "killed").glob("*/state.json"))
+        if state_files:
+            try:
+                state = json.loads(state_files[0].read_text())
+            except json.JSONDecodeError:
+                state = {}
+            if state.get("iteration", 0) > t or (state.get("iteration") == t and stage in state.get("stages_done", [])):
+                break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_dir = _run_dir(tmp_path / "killed")
+    resumed = _cli("--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "state.json").read_text())["iteration"] == 2
+    paid, distinct = _paid_once(run_dir)
+    assert paid == distinct
+    assert _outcome(run_dir) == reference
