@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a config through `ray job submit` against a local Ray head on 127.0.0.1, the same way a user
-# submits to a real cluster, then stops the head.
+# submits to a real cluster, then stops that head (only it: other Ray instances on the machine live on).
 #   bash cluster/local_job_submit.sh configs/quickstart.yaml [section.key=value ...]
 # Data and MLflow paths are passed as absolute paths: a submitted job runs in a copy of the working dir.
 set -euo pipefail
@@ -8,9 +8,20 @@ cd "$(dirname "$0")/.."
 config=${1:?usage: $0 CONFIG [overrides...]}; shift
 port=${RAY_PORT:-6390}; dash=${RAY_DASHBOARD_PORT:-8290}
 data=${LOOPDISTILL_DATA:-$(cd .. && pwd)/shared/data}
-ray start --head --node-ip-address=127.0.0.1 --port="$port" --dashboard-host=127.0.0.1 \
-  --dashboard-port="$dash" --num-cpus="${RAY_NUM_CPUS:-4}" --include-dashboard=true --disable-usage-stats
-trap 'ray stop --force >/dev/null 2>&1 || true' EXIT
+# Ray's token authentication: the head and `ray job submit` both read ~/.ray/auth_token.
+export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
+[ "$RAY_AUTH_MODE" != token ] || [ -s "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" ] || ray get-auth-token --generate >/dev/null
+# `--block` keeps the head's processes under this one process group, so stopping the group stops this
+# head alone (`ray stop` would stop every Ray instance on the machine).
+setsid ray start --head --block --node-ip-address=127.0.0.1 --port="$port" --dashboard-host=127.0.0.1 \
+  --dashboard-port="$dash" --num-cpus="${RAY_NUM_CPUS:-4}" --include-dashboard=true --disable-usage-stats \
+  --temp-dir="${RAY_TMPDIR:-/tmp/ray-jobsubmit-$port}" &
+head_pid=$!
+trap 'kill -TERM -- "-$head_pid" 2>/dev/null || true; wait "$head_pid" 2>/dev/null || true' EXIT
+for _ in $(seq 120); do
+  curl -s -o /dev/null "http://127.0.0.1:$dash/api/version" && break  # any HTTP answer: it is up
+  sleep 1
+done
 RAY_ADDRESS="http://127.0.0.1:$dash" ray job submit --runtime-env cluster/runtime_env.yaml --working-dir . -- \
   python -m drivers.cli run "$config" \
   "task.data_path=$data/game24/24.csv" "tracking.output_dir=$PWD/runs" "$@"

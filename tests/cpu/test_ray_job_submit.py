@@ -11,10 +11,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ray_job_submit_runs_quickstart(tmp_path, shared_data):
-    import ray
-
-    if ray.is_initialized():  # the head must be the only Ray on this machine while it runs
-        ray.shutdown()
     out = tmp_path / "runs"
     env = dict(os.environ, LOOPDISTILL_DATA=str(shared_data), RAY_PORT="6391", RAY_DASHBOARD_PORT="8291")
     overrides = [
