@@ -36,7 +36,7 @@ from drivers.tracking import Tracker
 from loopdistill.config import RunConfig, build_config
 from loopdistill.models import check_model
 from loopdistill.schemas import SEEDS, SYNTHETIC, TEACHER_RESPONSES, TRAIN_EXAMPLES, make_table, project
-from tasks import Splits, Task, get_task
+from tasks import DataError, Splits, Task, get_task
 
 log = logging.getLogger("loopdistill")
 
@@ -340,8 +340,20 @@ def resume(run_dir: str | Path) -> RunSummary:
 
 
 def load_splits(config: RunConfig) -> Splits:
+    """The task's splits, checked: a non-empty seed pool and ids unique across all splits.
+
+    Raises:
+        tasks.DataError: naming the data path and the empty split or the duplicated ids.
+    """
     tc = config.task
-    return get_task(tc.name).load_splits(tc.data_path, tc.num_seeds, tc.num_validation, tc.num_test, tc.seed)
+    splits = get_task(tc.name).load_splits(tc.data_path, tc.num_seeds, tc.num_validation, tc.num_test, tc.seed)
+    if splits.seeds.num_rows == 0:
+        raise DataError(f"{tc.data_path}: the seed pool is empty")
+    ids = [i for table in (splits.seeds, splits.validation, splits.test) for i in table.column("id").to_pylist()]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    if duplicates:
+        raise DataError(f"{tc.data_path}: duplicate ids across seeds/validation/test: {duplicates[:10]}")
+    return splits
 
 
 def _drive(config: RunConfig, splits: Splits, run_dir: Path, state: RunState | None) -> RunSummary:

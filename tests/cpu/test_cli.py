@@ -42,3 +42,28 @@ def test_model_path_that_does_not_load(tmp_path, capsys):
     assert code == 2
     assert str(bad) in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_engine_lists_the_valid_ones(capsys):
+    assert main(["check-config", QUICKSTART, "teacher.engine=gpt"]) == 2
+    err = capsys.readouterr().err
+    assert "teacher.engine" in err and "transformers" in err and "programmatic" in err
+
+
+def test_empty_seed_pool_and_duplicate_ids_are_named(tmp_path, monkeypatch):
+    import pytest
+
+    from drivers.loop import load_splits
+    from loopdistill.config import load_config
+    from loopdistill.schemas import SEEDS, make_table
+    from tasks import DataError, Splits, get_task
+
+    config = load_config(QUICKSTART)
+    row = {"id": "dup-1", "question": "q", "answer": "a", "reference": "1 2 3 4"}
+    task = get_task("game24")
+    monkeypatch.setattr(task, "load_splits", lambda *a: Splits(make_table(SEEDS, [row]), make_table(SEEDS, [row]), make_table(SEEDS, [])))
+    with pytest.raises(DataError, match="duplicate ids.*dup-1"):
+        load_splits(config)
+    monkeypatch.setattr(task, "load_splits", lambda *a: Splits(make_table(SEEDS, []), make_table(SEEDS, [row]), make_table(SEEDS, [])))
+    with pytest.raises(DataError, match="seed pool is empty"):
+        load_splits(config)

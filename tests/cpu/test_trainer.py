@@ -165,3 +165,19 @@ def test_two_ranks_train_with_gloo(ray_cpu, tmp_path):
     assert out["trainer/tokens"] >= 2 * per_epoch  # summed over both ranks
     assert out["trainer/accelerator_seconds"] > out["trainer/seconds"]
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_nan_loss_stops_the_step_and_keeps_the_last_good_adapter(ray_cpu, tmp_path):
+    """An absurd learning rate blows the weights up after the first step: training stops on the
+    non-finite loss instead of crashing, and an adapter (the last good one) is still written."""
+    from actors.trainer import TrainerGroup
+
+    group = TrainerGroup(trainer_config(learning_rate=1e30, epochs=3), MODEL, ready_timeout_s=120)
+    try:
+        data = arithmetic(16)
+        result = group.train(data, data.slice(0, 4), str(tmp_path / "adapter"))
+    finally:
+        group.shutdown()
+    assert result["trainer/nan_loss"] is True
+    assert result["trainer/steps"] < 3 * 2
+    assert os.path.exists(os.path.join(result["adapter_dir"], "adapter_model.safetensors"))
