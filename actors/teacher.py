@@ -87,7 +87,8 @@ class TeacherPool:
     def __init__(self, config: TeacherConfig, task_name: str, cache_path: str | None = None):
         self.config = config
         remote = ray.remote(TeacherActor).options(
-            num_cpus=config.num_cpus, num_gpus=config.num_gpus, max_restarts=1, max_task_retries=1
+            num_cpus=config.num_cpus, num_gpus=config.num_gpus,
+            max_restarts=config.max_restarts, max_task_retries=config.max_restarts,  # generate() is idempotent
         )
         self.replicas = [remote.remote(config, task_name, cache_path) for _ in range(config.num_replicas)]
 

@@ -22,6 +22,15 @@ for _ in $(seq 120); do
   curl -s -o /dev/null "http://127.0.0.1:$dash/api/version" && break  # any HTTP answer: it is up
   sleep 1
 done
-RAY_ADDRESS="http://127.0.0.1:$dash" ray job submit --runtime-env cluster/runtime_env.yaml --working-dir . -- \
-  python -m drivers.cli run "$config" \
-  "task.data_path=$data/game24/24.csv" "tracking.output_dir=$PWD/runs" "$@"
+submit() {
+  RAY_ADDRESS="http://127.0.0.1:$dash" ray job submit --runtime-env cluster/runtime_env.yaml --working-dir . -- \
+    python -m drivers.cli run "$config" \
+    "task.data_path=$data/game24/24.csv" "tracking.output_dir=$PWD/runs" "$@"
+}
+# A fresh head answers HTTP before its job agent is up ("No available agent"): submit again then.
+for _ in $(seq 20); do
+  set +e; out=$(submit "$@" 2>&1); rc=$?; set -e
+  printf '%s\n' "$out"
+  case "$out" in *"No available agent"*) sleep 3 ;; *) exit "$rc" ;; esac
+done
+exit 1

@@ -77,7 +77,9 @@ def start_actors(config: RunConfig, run_dir: Path) -> Actors:
     from actors.trainer import TrainerGroup
 
     student = ray.remote(StudentScorerActor).options(
-        num_cpus=config.student.num_cpus, num_gpus=config.student.num_gpus, max_restarts=1, max_task_retries=1
+        num_cpus=config.student.num_cpus, num_gpus=config.student.num_gpus,
+        # predict() takes the adapter as an argument, so a retried call on a restarted actor is exact.
+        max_restarts=config.student.max_restarts, max_task_retries=config.student.max_restarts,
     )
     return Actors(
         teacher=TeacherPool(config.teacher, config.task.name, str(run_dir / "teacher_cache.sqlite")),
@@ -132,7 +134,7 @@ class ClosedLoop:
             return stop[0]
         metrics["synth/total"] = self.synthetic.num_rows
         self.stage(t, "train", metrics, lambda: self.train(t, out_dir, metrics))
-        self.stage(t, "evaluate", metrics, lambda: metrics.update(self.evaluate(prefix="eval")) or {})
+        self.stage(t, "evaluate", metrics, lambda: self.evaluate_stage(metrics))
         self.finish_iteration(t, out_dir, metrics)
         return ""
 
@@ -240,6 +242,11 @@ class ClosedLoop:
         self.state.adapter_dir = result.pop("adapter_dir")
         self.ledger.charge_seconds("trainer", float(result.get("trainer/accelerator_seconds", 0.0)))
         metrics.update({k: float(v) for k, v in result.items() if isinstance(v, (int, float))})
+        return {}
+
+    def evaluate_stage(self, metrics: dict) -> dict:
+        """Stage 6: evaluation metrics of the new adapter go into this iteration's metrics."""
+        metrics.update(self.evaluate(prefix="eval"))
         return {}
 
     def evaluate(self, prefix: str) -> dict[str, float]:

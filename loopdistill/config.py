@@ -47,6 +47,7 @@ class TeacherConfig(_Section):
     temperature: float = Field(0.7, ge=0, description="0 = greedy")
     top_p: float = Field(0.95, gt=0, le=1)
     batch_size: int = Field(8, ge=1, description="prompts per generate() call")
+    max_restarts: int = Field(1, ge=0, description="restarts of a dead replica; its call is retried as often")
     seed: int = 0
 
 
@@ -56,6 +57,7 @@ class StudentConfig(_Section):
     num_gpus: float = Field(0.0, ge=0)
     max_new_tokens: int = Field(192, ge=1, description="greedy answer length, tokens")
     batch_size: int = Field(16, ge=1)
+    max_restarts: int = Field(1, ge=0, description="restarts of a dead scorer; its call is retried as often")
 
 
 class TrainerConfig(_Section):

@@ -11,25 +11,18 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from actors.request_cache import RequestCache
+from loop_helpers import run_outcome as _outcome
+from loop_helpers import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _write_config(tmp_path: Path, data: Path, name: str) -> Path:
-    cfg = {
-        "task": {"name": "game24", "data_path": str(data / "game24" / "24.csv"), "num_seeds": 8, "num_validation": 4, "num_test": 4},
-        "student": {"model": {"path": "tiny-random-llama"}, "max_new_tokens": 16, "batch_size": 8},
-        "teacher": {"engine": "programmatic", "model": {"path": "tiny-random-llama"}, "batch_size": 2},
-        "trainer": {"epochs": 2, "micro_batch_size": 2, "max_seq_len": 192, "lora_rank": 4, "lora_alpha": 4},
-        "loop": {"iterations": 2, "strategy": "loss_high", "seeds_per_iteration": 4},
-        "tracking": {"experiment": "faults", "run_name": name, "output_dir": str(tmp_path / name), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
-        "ray": {"num_cpus": 4},
-    }
+    cfg = tiny_config(tmp_path, data, name, trainer={"epochs": 2, "micro_batch_size": 2}, ray={"num_cpus": 4})
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -45,14 +38,6 @@ def _cli(*args: str, env: dict | None = None, wait: bool = True):
 
 def _run_dir(root: Path) -> Path:
     return next(p.parent for p in root.glob("*/config.json"))
-
-
-def _outcome(run_dir: Path) -> list:
-    return [
-        (pq.read_table(it / "selected.parquet").column("id").to_pylist(),
-         pq.read_table(it / "synthetic.parquet").select(["id", "question", "answer"]).to_pylist())
-        for it in sorted(run_dir.glob("iter_*"))
-    ]
 
 
 def _paid_once(run_dir: Path) -> tuple[int, int]:

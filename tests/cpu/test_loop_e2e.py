@@ -12,21 +12,12 @@ from mlflow.tracking import MlflowClient
 
 from drivers.loop import run
 from loopdistill.config import build_config
+from loop_helpers import tiny_config
 from tasks import get_task
 
 
 def _config(tmp_path: Path, data: Path, model: str = "tiny-random-llama", **sections) -> dict:
-    cfg = {
-        "task": {"name": "game24", "data_path": str(data / "game24" / "24.csv"), "num_seeds": 8, "num_validation": 4, "num_test": 4},
-        "student": {"model": {"path": model}, "max_new_tokens": 16, "batch_size": 8},
-        "teacher": {"engine": "programmatic", "model": {"path": model}},
-        "trainer": {"epochs": 1, "micro_batch_size": 4, "max_seq_len": 192, "lora_rank": 4, "lora_alpha": 4},
-        "loop": {"iterations": 2, "strategy": "loss_high", "seeds_per_iteration": 4},
-        "tracking": {"experiment": "e2e", "output_dir": str(tmp_path / "runs"), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
-    }
-    for section, values in sections.items():
-        cfg.setdefault(section, {}).update(values)
-    return cfg
+    return tiny_config(tmp_path, data, "e2e", model=model, **sections)
 
 
 def _metric_steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -110,7 +101,7 @@ def test_missing_data_file_fails_before_starting(tmp_path, shared_data):
     cfg["task"]["data_path"] = str(tmp_path / "nope.csv")
     with pytest.raises(DataError, match="nope.csv"):
         run(build_config(cfg))
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "e2e").exists()
 
 
 @pytest.mark.slow

@@ -5,34 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
 from actors.request_cache import RequestCache
 from drivers import loop as loop_module
 from drivers.loop import resume, run
+from loop_helpers import run_outcome as _outcome
+from loop_helpers import tiny_config
 from loopdistill.config import build_config
 
 
 def _config(tmp_path: Path, data: Path, name: str) -> dict:
-    return {
-        "task": {"name": "game24", "data_path": str(data / "game24" / "24.csv"), "num_seeds": 8, "num_validation": 4, "num_test": 4},
-        "student": {"model": {"path": "tiny-random-llama"}, "max_new_tokens": 16, "batch_size": 8},
-        "teacher": {"engine": "programmatic", "model": {"path": "tiny-random-llama"}, "batch_size": 2},
-        "trainer": {"epochs": 1, "micro_batch_size": 4, "max_seq_len": 192, "lora_rank": 4, "lora_alpha": 4},
-        "loop": {"iterations": 2, "strategy": "loss_high", "seeds_per_iteration": 4},
-        "tracking": {"experiment": "resume", "run_name": name, "output_dir": str(tmp_path / name), "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
-    }
-
-
-def _outcome(run_dir: Path) -> list:
-    out = []
-    for it in sorted(run_dir.glob("iter_*")):
-        selected = pq.read_table(it / "selected.parquet").column("id").to_pylist()
-        synthetic = pq.read_table(it / "synthetic.parquet").select(["id", "question", "answer"]).to_pylist()
-        out.append((selected, synthetic))
-    return out
+    return tiny_config(tmp_path, data, name)
 
 
 class Crash(RuntimeError):
