@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 config=${1:?usage: $0 CONFIG [overrides...]}; shift
 port=${RAY_PORT:-6390}; dash=${RAY_DASHBOARD_PORT:-8290}
+agent=${RAY_AGENT_PORT:-$((dash + 1))}  # not Ray's fixed default 52365, which another local Ray may hold
 data=${LOOPDISTILL_DATA:-$(cd .. && pwd)/shared/data}
 # Ray's token authentication: the head and `ray job submit` both read ~/.ray/auth_token.
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
@@ -14,7 +15,7 @@ export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 # `--block` keeps the head's processes under this one process group, so stopping the group stops this
 # head alone (`ray stop` would stop every Ray instance on the machine).
 setsid ray start --head --block --node-ip-address=127.0.0.1 --port="$port" --dashboard-host=127.0.0.1 \
-  --dashboard-port="$dash" --num-cpus="${RAY_NUM_CPUS:-4}" --include-dashboard=true --disable-usage-stats \
+  --dashboard-port="$dash" --dashboard-agent-listen-port="$agent" --num-cpus="${RAY_NUM_CPUS:-4}" --include-dashboard=true --disable-usage-stats \
   --temp-dir="${RAY_TMPDIR:-/tmp/ray-jobsubmit-$port}" &
 head_pid=$!
 trap 'kill -TERM -- "-$head_pid" 2>/dev/null || true; wait "$head_pid" 2>/dev/null || true' EXIT

@@ -37,10 +37,11 @@ class ProgrammaticEngine:
         return [self._count(format_prompt(self.tokenizer, p, self.config.use_chat_template)) for p in prompts]
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
-        rng = random.Random(params.seed)
         inputs = self.count_tokens(prompts)
         out = []
         for prompt, n_in in zip(prompts, inputs):
-            text = self.task.programmatic_teacher(prompt, rng)
+            # One random stream per (seed, prompt): the answer does not depend on which other prompts
+            # share the batch, so a retried or resumed request gets exactly the answer it would have.
+            text = self.task.programmatic_teacher(prompt, random.Random(f"{params.seed}\n{prompt}"))
             out.append(Generation(text=text, input_tokens=n_in, output_tokens=self._count(text)))
         return out
