@@ -6,10 +6,11 @@ MLFLOW_TRACKING_URI (or tracking.tracking_uri) points at a server instead.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any, Optional
 
-import mlflow
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from loopdistill.config import RunConfig, TrackingConfig
@@ -54,10 +55,11 @@ class Tracker:
     (everything logged before the error stays in the store)."""
 
     def __init__(self, config: RunConfig, run_dir: Path, run_name: Optional[str] = None, run_id: Optional[str] = None):
+        # An explicit client, not mlflow.set_tracking_uri: that also sets $MLFLOW_TRACKING_URI for the
+        # whole process, and every later run (or subprocess) would then log into this store.
         self.uri = tracking_uri(config.tracking)
-        mlflow.set_tracking_uri(self.uri)
-        client = MlflowClient(self.uri)
-        self.experiment_id = _experiment_id(client, config.tracking, self.uri)
+        self.client = MlflowClient(self.uri)
+        self.experiment_id = _experiment_id(self.client, config.tracking, self.uri)
         self.config = config
         self.run_dir = run_dir
         self.run_name = run_name
@@ -65,28 +67,33 @@ class Tracker:
 
     def __enter__(self) -> "Tracker":
         if self.resume_id:
-            self.run = mlflow.start_run(run_id=self.resume_id)
-            mlflow.set_tag("resumed", "true")
+            self.run = self.client.get_run(self.resume_id)
+            self.client.update_run(self.resume_id, status="RUNNING")
+            self.client.set_tag(self.resume_id, "resumed", "true")
             return self
-        self.run = mlflow.start_run(experiment_id=self.experiment_id, run_name=self.run_name)
-        mlflow.log_params(flatten(self.config.model_dump(mode="json")))
-        mlflow.set_tag("run_dir", str(self.run_dir))
+        self.run = self.client.create_run(self.experiment_id, run_name=self.run_name)
+        params = [Param(k, str(v)) for k, v in flatten(self.config.model_dump(mode="json")).items()]
+        for start in range(0, len(params), 100):  # MLflow's per-batch limit on params
+            self.client.log_batch(self.run_id, params=params[start : start + 100])
+        self.client.set_tag(self.run_id, "run_dir", str(self.run_dir))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc is not None:
-            mlflow.set_tag("error", f"{exc_type.__name__}: {exc}"[:4000])
-        mlflow.end_run(status="FAILED" if exc is not None else "FINISHED")
+            self.client.set_tag(self.run_id, "error", f"{exc_type.__name__}: {exc}"[:4000])
+        self.client.set_terminated(self.run_id, status="FAILED" if exc is not None else "FINISHED")
 
     @property
     def run_id(self) -> str:
         return self.run.info.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
 
     def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
-        mlflow.log_artifacts(str(local_dir), artifact_path=artifact_path)
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path=artifact_path)
 
     def set_tags(self, tags: dict[str, str]) -> None:
-        mlflow.set_tags(tags)
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

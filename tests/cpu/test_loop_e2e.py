@@ -4,6 +4,7 @@ The fast tests use a tiny random Llama; the slow one the real SmolLM2-135M-Instr
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -29,8 +30,11 @@ SECRET = "sk-loopdistill-test-0123456789abcdef"
 
 def test_closed_loop_tiny_llama(tmp_path, shared_data, ray_local, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     config = build_config(_config(tmp_path, shared_data))
     summary = run(config)
+    # the store is chosen per run: nothing process-wide is left for later runs to log into
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     assert summary.iterations_completed == 2 and summary.stop_reason == "completed"
 
     client = MlflowClient(config.tracking.tracking_uri)
