@@ -8,7 +8,6 @@ Same model, prompts and process; reports seconds of each and their ratio, and ch
 """
 from __future__ import annotations
 
-import argparse
 import json
 import platform
 import time
@@ -16,6 +15,7 @@ import time
 import torch
 
 from actors.engines.base import SamplingParams
+from benchmarks.common import base_parser
 from actors.engines.transformers_engine import TransformersEngine
 from loopdistill.config import ModelConfig
 from loopdistill.models import format_prompt
@@ -38,12 +38,7 @@ def second_pass_loss(engine: TransformersEngine, prompts: list[str], answers_ids
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--n", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
-    args = parser.parse_args()
+    args = base_parser("student loss scoring: free logprobs vs a second forward pass").parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     engine = TransformersEngine(ModelConfig(path=args.model), batch_size=args.batch_size, device=device)
     task = get_task("game24")

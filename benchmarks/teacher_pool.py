@@ -7,7 +7,6 @@ TransformersEngine called in-process. Reports output tokens/s of each and pool/e
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -18,6 +17,7 @@ import ray
 import torch
 
 from actors.engines.base import SamplingParams
+from benchmarks.common import base_parser
 from actors.engines.transformers_engine import TransformersEngine
 from actors.teacher import TeacherPool
 from loopdistill.config import ModelConfig, TeacherConfig
@@ -26,12 +26,7 @@ from tasks import get_task
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--n", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
-    args = parser.parse_args()
+    args = base_parser("teacher pool vs the raw engine").parse_args()
     gpu = torch.cuda.is_available()
     task = get_task("gsm8k")
     prompts = [task.answer_prompt(f"Tom has {i} apples and buys {i + 3} more. How many apples does he have?") for i in range(args.n)]
