@@ -29,6 +29,9 @@ class TaskConfig(_Section):
     num_validation: int = Field(16, ge=1, description="validation split size (original data)")
     num_test: int = Field(32, ge=1, description="test split size (original data)")
     seed: int = Field(0, description="RNG seed of the split sampling")
+    levels: Optional[list[int]] = Field(
+        None, description="MATH difficulty levels to keep (subset of 1..5); None = all levels; other tasks ignore it"
+    )
 
 
 class ModelConfig(_Section):
@@ -87,16 +90,50 @@ class LoopConfig(_Section):
     seeds_per_iteration: int = Field(8, ge=1, description="m, selected seeds per iteration")
     few_shot_k: int = Field(5, ge=0, description="few-shot examples from D0 in the rewrite prompt")
     dedup_rouge_l: float = Field(0.7, gt=0, le=1, description="drop questions above this ROUGE-L F")
+    responses_per_question: int = Field(
+        1, ge=1, description="rejection sampling: r teacher answers per synthetic question"
+    )
+    judge_max_new_tokens: int = Field(64, ge=8, description="output tokens of one judge verdict")
+    badge_projection_dim: int = Field(
+        16, ge=1, description="BADGE: sparse random projection to dim x dim (vocab side x hidden side)"
+    )
+    fidelity_metrics: bool = Field(
+        True, description="score the synthetic children with the same student (Spearman vs parents)"
+    )
     seed: int = 0
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, name: str) -> str:
-        from drivers.selection import STRATEGIES  # late import: selection imports nothing from here
+        from drivers.strategies import STRATEGIES  # late import: strategies import nothing from here
 
         if name not in STRATEGIES:
             raise ValueError(f"unknown strategy {name!r}; valid: {sorted(STRATEGIES)}")
         return name
+
+    @model_validator(mode="after")
+    def _sampling_applies(self) -> "LoopConfig":
+        from drivers.strategies import STRATEGIES
+
+        if self.sampling == "softmax" and not STRATEGIES[self.strategy].score_based:
+            raise ValueError(f"sampling: 'softmax' ranks scores; strategy {self.strategy!r} picks a set by its own rule")
+        return self
+
+
+class RewardConfig(_Section):
+    """Where r(x, y_hat) comes from for the reward_low / reward_high strategies."""
+
+    source: Literal["verifier", "model"] = Field(
+        "verifier", description="verifier: 1.0 if the task verifier accepts the answer else 0.0; model: a reward model"
+    )
+    model: ModelConfig = Field(
+        default_factory=lambda: ModelConfig(path="tiny-random-llama", use_chat_template=True),
+        description="a Hugging Face sequence-classification model (local dir or hub id); its first logit is r",
+    )
+    batch_size: int = Field(8, ge=1)
+    num_cpus: float = Field(1.0, gt=0)
+    num_gpus: float = Field(0.0, ge=0)
+    max_restarts: int = Field(1, ge=0)
 
 
 class BudgetConfig(_Section):
@@ -131,6 +168,7 @@ class RunConfig(_Section):
     teacher: TeacherConfig = Field(default_factory=TeacherConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     loop: LoopConfig = Field(default_factory=LoopConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
