@@ -3,8 +3,9 @@ from tasks.base import DataError, Splits, Task
 from tasks.game24 import Game24Task
 from tasks.gsm8k import GSM8KTask
 from tasks.hendrycks_math import MathTask
+from tasks.prontoqa import ProntoQATask
 
-TASKS: dict[str, Task] = {task.name: task for task in (GSM8KTask(), Game24Task(), MathTask())}
+TASKS: dict[str, Task] = {task.name: task for task in (GSM8KTask(), Game24Task(), MathTask(), ProntoQATask())}
 
 
 def get_task(name: str) -> Task:
