@@ -169,7 +169,8 @@ class MathTask(Task):
 
         `data_path`: a folder with train/test .jsonl (or .json, .parquet), or one such file (then all
         three splits are sampled disjointly from it). `levels`: the MATH levels to keep (subset of 1..5;
-        None keeps all, including rows of unknown level); `config.task.levels`.
+        None keeps all, including rows of unknown level); `config.task.levels`. Rows whose \\boxed{} is
+        empty (two train rows of the original release) are skipped with a warning: nothing can verify them.
 
         Raises:
             DataError: missing file, a malformed row (file, 1-based row and field named: `problem`,

@@ -120,7 +120,10 @@ def generate_problem(
     chain, branches, (opposite, second) = names[:hops], names[hops : 2 * hops - 1], names[2 * hops - 1 :]
     queried, *adjectives = rng.sample(PROPERTIES, 2 * hops)
     negated = rng.random() < 0.5  # the value the chain gives the queried property
-    flip = lambda: rng.random() < 0.5  # noqa: E731 - polarity of a distractor property
+
+    def flip() -> bool:  # the polarity of a distractor property
+        return rng.random() < 0.5
+
     steps, rules = [], []
     for i in range(hops - 1):
         rule = _is_rule(chain[i], chain[i + 1], False, True, rng)

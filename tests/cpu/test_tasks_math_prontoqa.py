@@ -2,6 +2,7 @@
 the ProntoQA generator, solver and programmatic teacher."""
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -144,7 +145,7 @@ def test_math_real_solutions_verify_and_wrong_answers_do_not(shared_data):
         assert not MATH.verify(wrong, row["reference"]), row["id"]
         assert not MATH.verify(row["question"], row["reference"])  # no box at all
     # another problem's answer rarely matches: only where both answers are equal numbers or strings
-    mismatched = sum(MATH.verify(a["answer"], b["reference"]) for a, b in zip(rows, rows[1:]))
+    mismatched = sum(MATH.verify(a["answer"], b["reference"]) for a, b in itertools.pairwise(rows))
     assert mismatched < len(rows) // 10
 
 
