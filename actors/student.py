@@ -5,7 +5,7 @@ import math
 
 import pyarrow as pa
 
-from actors.engines import Generation, SamplingParams
+from actors.engines import Generation, SamplingParams, build_engine
 from actors.engines.transformers_engine import TransformersEngine
 from actors.runtime import BusyClock, inject_fault, pick_device, use_all_cpu_threads
 from loopdistill.config import StudentConfig
@@ -30,7 +30,9 @@ class StudentScorerActor:
         device = pick_device(config.num_gpus)
         if device == "cpu":
             use_all_cpu_threads()
-        self.engine = TransformersEngine(config.model, batch_size=config.batch_size, device=device)
+        # 'vllm': LoRA through LoRARequest; forward-pass strategies (gt_loss, badge) need 'transformers'.
+        self.engine = build_engine(config.engine, config.model, task_name, config.batch_size, device,
+                                   vllm=config.vllm, enable_lora=True)
         self.adapter_dir: str | None = None
         self.clock = BusyClock()
 

@@ -25,7 +25,8 @@ class TeacherActor:
         device = pick_device(config.num_gpus)
         if device == "cpu":
             use_all_cpu_threads()
-        self.engine = build_engine(config.engine, config.model, task_name, config.batch_size, device)
+        self.engine = build_engine(config.engine, config.model, task_name, config.batch_size, device,
+                                   vllm=config.vllm, openai=config.openai)
         self.cache = RequestCache(cache_path) if cache_path else None
         self.clock = BusyClock()
 

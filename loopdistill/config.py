@@ -40,9 +40,57 @@ class ModelConfig(_Section):
     use_chat_template: bool = Field(True, description="wrap prompts in the tokenizer's chat template")
 
 
+class VLLMConfig(_Section):
+    """Offline `vllm.LLM` settings of one actor (actors/engines/vllm_engine.py).
+
+    Tensor parallelism > 1 runs the LLM's workers inside the actor (vLLM's multiprocessing executor),
+    so the actor must own that many GPUs: set the section's `num_gpus` = `tensor_parallel_size`.
+    """
+
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one engine shards the model over")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="fraction of accelerator memory for weights + KV cache (CPU: of RAM)"
+    )
+    kv_cache_memory_gib: Optional[float] = Field(
+        1.0, gt=0, description="KV cache size, GiB; overrides gpu_memory_utilization (vLLM-CPU needs a small one)"
+    )
+    max_model_len: Optional[int] = Field(2048, ge=16, description="prompt + completion tokens; None = model's")
+    enforce_eager: bool = Field(True, description="no CUDA graphs / torch.compile: faster start, slower decode")
+    max_lora_rank: int = Field(64, ge=1, description="largest LoRA rank served (student only)")
+    max_loras: int = Field(1, ge=1, description="adapters resident per batch (student only)")
+    dtype: str = Field("auto", description="'auto' (the checkpoint's), 'bfloat16', 'float16' or 'float32'")
+
+
+class OpenAIConfig(_Section):
+    """An OpenAI-compatible HTTP endpoint (actors/engines/openai_engine.py). The API key never appears
+    here, in logs or in MLflow: only the name of the environment variable that holds it."""
+
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="API root; /chat/completions is appended")
+    model: str = Field("default", description="model name the server expects in the request body")
+    api_key_env: Optional[str] = Field(
+        "OPENAI_API_KEY", description="env var holding the key; unset or empty var = no Authorization header"
+    )
+    endpoint: Literal["chat", "completions"] = Field(
+        "chat", description="chat: server applies its chat template; completions: ours (model.path tokenizer)"
+    )
+    max_concurrency: int = Field(8, ge=1, description="requests in flight per actor")
+    requests_per_minute: Optional[float] = Field(None, gt=0, description="None = unlimited")
+    tokens_per_minute: Optional[float] = Field(
+        None, gt=0, description="prompt + max_new_tokens reserved per request, settled on usage; None = unlimited"
+    )
+    max_retries: int = Field(5, ge=0, description="retries of one request on 429/5xx/timeout/connection error")
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles per retry, with jitter")
+    max_backoff_s: float = Field(60.0, ge=0, description="cap of one retry delay")
+    timeout_s: float = Field(120.0, gt=0, description="per request")
+
+
 class TeacherConfig(_Section):
-    engine: Literal["transformers", "programmatic"] = "programmatic"
+    engine: Literal["transformers", "programmatic", "vllm", "openai"] = "programmatic"
     model: ModelConfig = Field(default_factory=ModelConfig)
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="used by engine 'vllm'")
+    openai: OpenAIConfig = Field(
+        default_factory=OpenAIConfig, description="used by engine 'openai'; model.path is then the tokenizer"
+    )
     num_replicas: int = Field(1, ge=1, description="TeacherActor replicas in the pool")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica")
     num_gpus: float = Field(0.0, ge=0, description="GPUs reserved per replica")
@@ -55,7 +103,9 @@ class TeacherConfig(_Section):
 
 
 class StudentConfig(_Section):
+    engine: Literal["transformers", "vllm"] = "transformers"
     model: ModelConfig = Field(default_factory=ModelConfig)
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="used by engine 'vllm'")
     num_cpus: float = Field(1.0, gt=0)
     num_gpus: float = Field(0.0, ge=0)
     max_new_tokens: int = Field(192, ge=1, description="greedy answer length, tokens")

