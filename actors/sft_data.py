@@ -31,6 +31,12 @@ class Example:
     def num_loss_tokens(self) -> int:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
+    @property
+    def num_target_tokens(self) -> int:
+        """Loss labels that a position predicts: all but a labelled first token (nothing predicts
+        it). The count `completion_nll` takes for this example in any batch."""
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
+
 
 def tokenize_examples(
     table: pa.Table, tokenizer, use_chat_template: bool, max_prompt_tokens: int, max_seq_len: int
@@ -93,6 +99,24 @@ def rank_batches(
     order = np.random.default_rng(seed + epoch).permutation(num_examples)
     order = np.resize(order, steps * micro_batch_size * world_size)[rank::world_size]
     return [order[i * micro_batch_size : (i + 1) * micro_batch_size].tolist() for i in range(steps)]
+
+
+def step_target_tokens(
+    examples: list[Example], epoch: int, seed: int, world_size: int, micro_batch_size: int, grad_accum_steps: int
+) -> list[int]:
+    """Loss tokens in each optimizer step's global batch (all ranks, all accumulation micro-batches)
+    of one epoch: the denominator of that step's token-mean NLL. Every rank computes the same list
+    from the data alone (rank_batches is deterministic), so no collective is needed before the first
+    backward of a step. Returns micro_steps_per_epoch / grad_accum_steps counts."""
+    shards = [
+        rank_batches(len(examples), epoch, seed, rank, world_size, micro_batch_size, grad_accum_steps)
+        for rank in range(world_size)
+    ]
+    counts = []
+    for step in range(len(shards[0]) // grad_accum_steps):
+        micro = range(step * grad_accum_steps, (step + 1) * grad_accum_steps)
+        counts.append(sum(examples[i].num_target_tokens for shard in shards for m in micro for i in shard[m]))
+    return counts
 
 
 def eval_batches(num_examples: int, rank: int, world_size: int, batch_size: int) -> list[list[int | None]]:

@@ -31,6 +31,7 @@ from actors.sft_data import (
     eval_batches,
     micro_steps_per_epoch,
     rank_batches,
+    step_target_tokens,
     tokenize_examples,
     without_loss,
 )
@@ -140,6 +141,8 @@ class TrainerRankActor:
             trainer/examples       training rows
             trainer/truncated_examples  rows whose completion was cut by max_seq_len
             trainer/nan_loss       True when a non-finite loss stopped training early
+            trainer/step_losses    list, one per optimizer step: the global batch's token-mean NLL
+                                   (nats/token) before that step's update; not an MLflow metric
 
         Raises:
             SchemaError: a table lacks a TRAIN_EXAMPLES column (named).
@@ -204,29 +207,42 @@ class TrainerRankActor:
 
     def _fit(self, engine, train: list[Example], val: list[Example]) -> tuple[dict, dict]:
         """The epoch loop: train, validate, keep the best LoRA state. A non-finite loss on any rank
-        stops all ranks before its backward pass, keeping the best adapter so far."""
-        cfg = self.config
+        stops all ranks before its backward pass, keeping the best adapter so far.
+
+        Each optimizer step minimises the token-mean NLL of its *global* batch (all ranks, all
+        accumulation micro-batches), so W ranks x micro-batch b and 1 rank x 2b (or b with 2
+        accumulation steps) take the same step on the same examples (tests/cpu/test_trainer_equivalence.py).
+        """
+        cfg, gas = self.config, self.config.grad_accum_steps
         best_state, best_loss, best_epoch = self._lora_state(engine), math.nan, -1
         tokens, steps, nan_loss, train_loss = 0, 0, False, math.nan
+        step_losses: list[float] = []
         for epoch in range(cfg.epochs):
             engine.train()
-            nll_sum, nll_count = 0.0, 0
-            batches = rank_batches(
-                len(train), epoch, cfg.seed, self.rank, self.world_size, cfg.micro_batch_size, cfg.grad_accum_steps
-            )
+            nll_sum, nll_count, step_nll = 0.0, 0, 0.0
+            batches = rank_batches(len(train), epoch, cfg.seed, self.rank, self.world_size, cfg.micro_batch_size, gas)
+            step_tokens = step_target_tokens(train, epoch, cfg.seed, self.world_size, cfg.micro_batch_size, gas)
             for micro, indices in enumerate(batches):
                 batch = self._to_device(collate([train[i] for i in indices], self.tokenizer.pad_token_id))
                 logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 total, count = completion_nll(logits, batch["labels"])
-                loss = total / count.clamp(min=1)
-                if self._all_sum(0.0 if bool(loss.isfinite()) else 1.0) > 0:
+                denominator = max(step_tokens[micro // gas], 1)
+                # DeepSpeed divides the loss by gas (backward) and the gradient by W (all-reduce
+                # average); scaling by W * gas / (global batch tokens) undoes both, so the step's
+                # gradient is that of sum(NLL) / tokens over the global batch, not a mean of means.
+                loss = total * (self.world_size * gas / denominator)
+                global_total = self._all_sum(float(total.detach()))  # non-finite if any rank's is
+                if not math.isfinite(global_total):
                     nan_loss = True
                     break
                 engine.backward(loss)
                 engine.step()
                 inject_fault(f"trainer.rank{self.rank}.step")  # a rank dying mid-epoch
-                if (micro + 1) % cfg.grad_accum_steps == 0:
+                step_nll += global_total
+                if (micro + 1) % gas == 0:
                     steps += 1
+                    step_losses.append(step_nll / denominator)
+                    step_nll = 0.0
                 nll_sum += float(total.detach())
                 nll_count += int(count)
                 tokens += int(batch["attention_mask"].sum())
@@ -247,6 +263,7 @@ class TrainerRankActor:
             "trainer/steps": steps,
             "trainer/tokens": int(self._all_sum(float(tokens))),
             "trainer/nan_loss": nan_loss,
+            "trainer/step_losses": step_losses,
         }
         return metrics, best_state
 
