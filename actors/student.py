@@ -9,7 +9,16 @@ from actors.engines import Generation, SamplingParams, build_engine
 from actors.engines.transformers_engine import TransformersEngine
 from actors.runtime import BusyClock, inject_fault, pick_device, use_all_cpu_threads
 from loopdistill.config import StudentConfig
-from loopdistill.schemas import PREDICTIONS, SEEDS, make_table, require_columns
+from actors.student_signals import gradient_embeddings, reference_nll
+from loopdistill.schemas import (
+    EMBEDDINGS,
+    PREDICTIONS,
+    REFERENCE_LOSSES,
+    SEEDS,
+    TRAIN_EXAMPLES,
+    make_table,
+    require_columns,
+)
 from tasks import get_task
 
 
@@ -64,6 +73,52 @@ class StudentScorerActor:
         refs = examples.column("reference").to_pylist()
         ids = examples.column("id").to_pylist()
         return make_table(PREDICTIONS, [self._row(i, g, r) for i, g, r in zip(ids, gens, refs)])
+
+    def reference_loss(self, examples: pa.Table, adapter_dir: str | None) -> pa.Table:
+        """REFERENCE_LOSSES: mean NLL (nats/token) of each seed's reference answer under the student,
+        teacher-forced (the gt_loss_high strategy). examples: SEEDS rows (n); n rows out, same order."""
+        require_columns(examples, SEEDS, "StudentScorerActor.reference_loss")
+        table = self._train_examples(examples, examples.column("answer").to_pylist())
+        model, context = self._forward_model(adapter_dir)
+        with self.clock.measure(), context:
+            losses = reference_nll(model, self.engine.tokenizer, table, *self._lengths(), device=self.engine.device)
+        rows = [{"id": i, "gt_loss": v} for i, v in zip(examples.column("id").to_pylist(), losses)]
+        return make_table(REFERENCE_LOSSES, rows)
+
+    def gradient_embeddings(self, examples: pa.Table, predictions: pa.Table, adapter_dir: str | None,
+                            dim: int, seed: int) -> pa.Table:
+        """EMBEDDINGS: BADGE gradient embedding (dim * dim floats) of the loss on the student's own
+        answer to each seed. examples: SEEDS (n); predictions: PREDICTIONS of the same n seeds, same order.
+        See actors/student_signals.py for the method and its sources."""
+        require_columns(examples, SEEDS, "StudentScorerActor.gradient_embeddings")
+        require_columns(predictions, PREDICTIONS, "StudentScorerActor.gradient_embeddings")
+        table = self._train_examples(examples, predictions.column("prediction").to_pylist())
+        model, context = self._forward_model(adapter_dir)
+        with self.clock.measure(), context:
+            emb = gradient_embeddings(
+                model, self.engine.tokenizer, table, *self._lengths(), dim=dim, seed=seed, device=self.engine.device
+            )
+        rows = [{"id": i, "embedding": e.tolist()} for i, e in zip(examples.column("id").to_pylist(), emb)]
+        return make_table(EMBEDDINGS, rows)
+
+    def _train_examples(self, examples: pa.Table, completions: list[str]) -> pa.Table:
+        prompts = [self.task.answer_prompt(q) for q in examples.column("question").to_pylist()]
+        ids = examples.column("id").to_pylist()
+        return make_table(TRAIN_EXAMPLES, [{"id": i, "prompt": p, "completion": c} for i, p, c in zip(ids, prompts, completions)])
+
+    def _lengths(self) -> tuple[bool, int, int]:
+        """(use_chat_template, max prompt tokens, max sequence tokens) of a teacher-forced pass."""
+        model = self.config.model
+        return model.use_chat_template, model.max_prompt_tokens, model.max_prompt_tokens + self.config.max_new_tokens
+
+    def _forward_model(self, adapter_dir: str | None):
+        if not hasattr(self.engine, "serving_model"):
+            raise ValueError(
+                f"this strategy needs forward passes of the student; student.engine {type(self.engine).__name__} "
+                "does not give them: use student.engine 'transformers'"
+            )
+        self.set_adapter(adapter_dir)
+        return self.engine.serving_model()
 
     def _row(self, example_id: str, gen: Generation, reference: str) -> dict:
         loss = -sum(gen.token_logprobs) / len(gen.token_logprobs) if gen.token_logprobs else 0.0

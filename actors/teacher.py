@@ -34,12 +34,17 @@ class TeacherActor:
         """Input tokens each prompt would cost (chat template included)."""
         return self.engine.count_tokens(prompts)
 
-    def generate(self, requests: pa.Table, seed: int) -> pa.Table:
+    def generate(self, requests: pa.Table, seed: int, max_new_tokens: int | None = None,
+                 temperature: float | None = None) -> pa.Table:
         """Answer every request. requests: TEACHER_REQUESTS; returns TEACHER_RESPONSES in order, with
-        `cached` True for answers served from the request cache (already paid for, not charged again)."""
+        `cached` True for answers served from the request cache (already paid for, not charged again).
+        max_new_tokens / temperature override the config's for this call (e.g. a short, greedy judge)."""
         require_columns(requests, TEACHER_REQUESTS, "TeacherActor.generate")
         cfg = self.config
-        params = SamplingParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=seed)
+        params = SamplingParams(
+            max_new_tokens or cfg.max_new_tokens, cfg.temperature if temperature is None else temperature,
+            cfg.top_p, seed=seed,
+        )
         prompts = requests.column("prompt").to_pylist()
         keys = [request_key(cfg.model.path + "|" + cfg.engine, p, params) for p in prompts]
         cached = self.cache.get_many(keys) if self.cache else {}
@@ -96,13 +101,15 @@ class TeacherPool:
     def count_tokens(self, prompts: list[str]) -> list[int]:
         return ray.get(self.replicas[0].count_tokens.remote(prompts))
 
-    def generate(self, requests: pa.Table, seed: int) -> pa.Table:
+    def generate(self, requests: pa.Table, seed: int, max_new_tokens: int | None = None,
+                 temperature: float | None = None) -> pa.Table:
         """Answer TEACHER_REQUESTS on all replicas in parallel; returns TEACHER_RESPONSES in order.
-        Each shard gets its own sampling seed so replicas do not repeat each other's samples."""
+        Each shard gets its own sampling seed so replicas do not repeat each other's samples;
+        max_new_tokens / temperature override the config's for this call."""
         n = len(self.replicas)
         size = -(-requests.num_rows // n) if requests.num_rows else 0
         refs = [
-            replica.generate.remote(requests.slice(i * size, size), seed + 1000 * i)
+            replica.generate.remote(requests.slice(i * size, size), seed + 1000 * i, max_new_tokens, temperature)
             for i, replica in enumerate(self.replicas)
             if i * size < requests.num_rows
         ]

@@ -28,13 +28,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from drivers import selection, synthesis
+from drivers import fidelity, selection, synthesis
 from drivers.budget import BudgetLedger
 from drivers.calibration import expected_calibration_error
 from drivers.checkpoint import RunState
+from drivers.gather import SignalGatherer
 from drivers.tracking import Tracker
 from loopdistill.config import RunConfig, build_config
-from loopdistill.models import check_model
+from loopdistill.models import check_model, load_tokenizer
 from loopdistill.schemas import SEEDS, SYNTHETIC, TEACHER_RESPONSES, TRAIN_EXAMPLES, make_table, project
 from tasks import DataError, Splits, Task, get_task
 
@@ -62,11 +63,14 @@ class Actors:
     teacher: object  # actors.teacher.TeacherPool
     student: object  # ray ActorHandle of StudentScorerActor
     trainer: object  # actors.trainer.TrainerGroup
+    reward: object = None  # ray ActorHandle of RewardModelActor, when the strategy reads a reward model
 
     def shutdown(self) -> None:
         self.teacher.shutdown()
         self.trainer.shutdown()
         ray.kill(self.student)
+        if self.reward is not None:
+            ray.kill(self.reward)
 
 
 def start_actors(config: RunConfig, run_dir: Path) -> Actors:
@@ -85,7 +89,21 @@ def start_actors(config: RunConfig, run_dir: Path) -> Actors:
         teacher=TeacherPool(config.teacher, config.task.name, str(run_dir / "teacher_cache.sqlite")),
         student=student.remote(config.student, config.task.name),
         trainer=TrainerGroup(config.trainer, config.student.model),
+        reward=start_reward_model(config),
     )
+
+
+def start_reward_model(config: RunConfig):
+    """A RewardModelActor when the strategy reads rewards from a model (None otherwise)."""
+    from actors.reward import RewardModelActor
+
+    if "reward" not in selection.get_strategy(config.loop.strategy).needs or config.reward.source != "model":
+        return None
+    rc = config.reward
+    actor = ray.remote(RewardModelActor).options(
+        num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, max_restarts=rc.max_restarts, max_task_retries=rc.max_restarts
+    )
+    return actor.remote(rc)
 
 
 class ClosedLoop:
@@ -99,7 +117,9 @@ class ClosedLoop:
         self.ledger.restore(state.ledger)
         # What the paid-once cache holds is exactly what was paid, even if the driver died mid-stage.
         self.ledger.reconcile_teacher(self.actors.teacher.paid())
-        self.seen_seconds = {"teacher": 0.0, "student": 0.0}  # busy counters of these actor processes
+        self.seen_seconds = {"teacher": 0.0, "student": 0.0, "reward": 0.0}  # busy counters of these actors
+        self.gatherer = SignalGatherer(config, task, actors, self.ask_teacher)
+        self._tokenizer = None  # the student's, for the token-distribution fidelity metric
         self.synthetic = self.load_synthetic()
         self.seed_rows = splits.seeds.to_pylist()
         self.seeds_ref = ray.put(splits.seeds)
@@ -127,9 +147,11 @@ class ClosedLoop:
         out_dir.mkdir(parents=True, exist_ok=True)
         metrics = dict(self.state.partial_metrics) or {"iteration": t}
         predictions = self.stage(t, "predict", metrics, lambda: {"predictions": self.predict_pool()})["predictions"]
-        selected = self.stage(t, "select", metrics, lambda: self.select(predictions, t, metrics))["selected"]
         stop: list[str] = []
-        self.stage(t, "generate", metrics, lambda: self.generate(selected, t, metrics, stop))
+        selected = self.stage(t, "select", metrics, lambda: self.select(predictions, t, metrics, stop)).get("selected")
+        if stop:
+            return stop[0]
+        self.stage(t, "generate", metrics, lambda: self.generate(selected, predictions, t, metrics, stop))
         if stop:
             return stop[0]
         metrics["synth/total"] = self.synthetic.num_rows
@@ -163,18 +185,22 @@ class ClosedLoop:
         """PREDICTIONS of the current student on the seed pool."""
         return ray.get(self.actors.student.predict.remote(self.seeds_ref, self.state.adapter_dir))
 
-    def select(self, predictions: pa.Table, t: int, metrics: dict) -> dict[str, pa.Table]:
-        """Score the pool; returns {"scores": SCORES, "selected": the selected SEEDS rows}."""
+    def select(self, predictions: pa.Table, t: int, metrics: dict, stop: list[str]) -> dict[str, pa.Table] | None:
+        """Gather the strategy's signals, score the pool and choose m seeds; returns {"scores": SCORES,
+        "selected": the selected SEEDS rows}, or None (the reason appended to `stop`) when the budget
+        cannot pay for the judge."""
         loop = self.config.loop
-        scores = selection.score(loop.strategy, predictions, seed=loop.seed + t)
-        values = scores.column("score").to_numpy()
-        idx = selection.select(values, loop.seeds_per_iteration, loop.sampling, loop.softmax_temperature, loop.seed + t)
+        signals, gathered, reason = self.gatherer.gather(self.splits.seeds, predictions, self.state.adapter_dir, t)
+        if reason:
+            stop.append(reason)
+            return None
+        scores, idx = selection.choose(loop.strategy, signals, loop.seeds_per_iteration, loop.sampling, loop.softmax_temperature, loop.seed + t)
         losses = predictions.column("loss").to_numpy()
+        metrics.update(gathered)
+        metrics.update(fidelity.selection_summary(scores.column("score").to_numpy(), idx))
         metrics.update(
             {
                 "predict/pool_accuracy": float(np.mean(predictions.column("correct").to_numpy(zero_copy_only=False))),
-                "select/pool_mean_score": float(values.mean()),
-                "select/selected_mean_score": float(values[idx].mean()),
                 "select/pool_mean_loss": float(losses.mean()),
                 "select/selected_mean_loss": float(losses[idx].mean()),
                 "select/selected": len(idx),
@@ -182,10 +208,10 @@ class ClosedLoop:
         )
         return {"scores": scores, "selected": self.splits.seeds.take(pa.array(idx, pa.int64()))}
 
-    def generate(self, selected: pa.Table, t: int, metrics: dict, stop: list[str]) -> dict[str, pa.Table] | None:
-        """Rewrite, dedup, answer; returns {"synthetic": SYNTHETIC rows of this iteration} and adds them
-        to the cumulative set. Returns None (appending the reason to `stop`) when the budget cannot
-        pay for a single request."""
+    def generate(self, selected: pa.Table, predictions: pa.Table, t: int, metrics: dict, stop: list[str]) -> dict[str, pa.Table] | None:
+        """Rewrite, dedup, answer r times (rejection sampling); returns {"synthetic": SYNTHETIC rows of
+        this iteration} and adds them to the cumulative set. Returns None (appending the reason to
+        `stop`) when the budget cannot pay for a single request."""
         loop, task = self.config.loop, self.task
         chosen = selected.to_pylist()
         requests = synthesis.rewrite_requests(task, chosen, self.seed_rows, loop.few_shot_k, t, loop.seed)
@@ -198,33 +224,82 @@ class ClosedLoop:
         kept, dropped = synthesis.Deduplicator(task, loop.dedup_rouge_l).filter(candidates, earlier)
         left = self.ledger.samples_left()
         kept = kept if left is None else kept[:left]
-        answers, reason = self.ask_teacher(synthesis.answer_requests(task, kept, t), seed=loop.seed + 2 * t + 1)
+        answers, reason = self.answer_candidates(kept, t)
         if reason:
             stop.append(reason)
             return None
-        new, bad_answers = synthesis.build_synthetic(task, kept[: answers.num_rows], answers, t, loop.strategy)
+        new, bad_answers = synthesis.build_synthetic(task, kept[: answers[0].num_rows], answers, t, loop.strategy)
+        left = self.ledger.samples_left()
+        new = new if left is None else new.slice(0, left)
         self.ledger.charge_samples(new.num_rows)
         metrics.update(
             {
                 "synth/unparseable_rewrites": bad_rewrites,
                 "synth/deduplicated": dropped,
-                "synth/unparseable_answers": bad_answers,
+                "synth/rejected_answers": bad_answers,
+                "synth/responses_per_question": len(answers),
+                "synth/answers_generated": sum(a.num_rows for a in answers),
                 "synth/kept": new.num_rows,
             }
         )
+        metrics.update(self.synthesis_fidelity(new, predictions))
         self.synthetic = pa.concat_tables([self.synthetic, new])
         return {"synthetic": new}
 
-    def ask_teacher(self, requests: pa.Table, seed: int) -> tuple[pa.Table, str]:
+    def answer_candidates(self, kept: list, t: int) -> tuple[list[pa.Table], str]:
+        """r = loop.responses_per_question answer tables for the kept candidates (each sampled with its
+        own seed); stops early, keeping what was paid, when the budget runs out after the first."""
+        loop, tables = self.config.loop, []
+        for j in range(loop.responses_per_question):
+            requests = synthesis.answer_requests(self.task, kept, t, response=j)
+            answers, reason = self.ask_teacher(requests, seed=loop.seed + 2 * t + 1 + 7 * j)
+            if reason and not tables:
+                return [], reason
+            if reason or answers.num_rows == 0:
+                break
+            tables.append(answers)
+        return tables, ""
+
+    def synthesis_fidelity(self, new: pa.Table, predictions: pa.Table) -> dict[str, float]:
+        """Token-distribution TV distance of this iteration's synthetic pairs vs the seed pool, and the
+        Spearman correlation of parent vs child loss under the same (not yet retrained) student."""
+        if new.num_rows == 0 or not self.config.loop.fidelity_metrics:
+            return {}
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.config.student.model.path)
+        out = {"fidelity/token_tv_distance": fidelity.token_tv_distance(self._tokenizer, pair_texts(new), pair_texts(self.splits.seeds))}
+        children = new.take(pa.array(self._first_child_rows(new), pa.int64()))
+        child_preds = ray.get(self.actors.student.predict.remote(project(children, SEEDS), self.state.adapter_dir))
+        parents = dict(zip(predictions.column("id").to_pylist(), predictions.column("loss").to_pylist()))
+        pairs = list(zip(children.column("parent_id").to_pylist(), child_preds.column("loss").to_pylist()))
+        rho = fidelity.parent_child_spearman(parents, pairs)
+        if rho is not None:
+            out["fidelity/spearman_parent_child_loss"] = rho
+        out["fidelity/child_mean_loss"] = float(np.mean(child_preds.column("loss").to_numpy()))
+        return out
+
+    @staticmethod
+    def _first_child_rows(new: pa.Table) -> list[int]:
+        """Row index of the first synthetic child of each parent (rejection sampling repeats questions)."""
+        seen, rows = set(), []
+        for i, pid in enumerate(new.column("parent_id").to_pylist()):
+            if pid not in seen:
+                seen.add(pid)
+                rows.append(i)
+        return rows
+
+    def ask_teacher(self, requests: pa.Table, seed: int, max_new_tokens: int | None = None,
+                    temperature: float | None = None) -> tuple[pa.Table, str]:
         """Send the requests the budget can pay for (reserved at prompt + max_new_tokens), settle at
-        the real counts. Returns (responses, stop reason when not even one request is affordable)."""
+        the real counts. Returns (responses, stop reason when not even one request is affordable).
+        max_new_tokens / temperature override the teacher config's (the judge's short greedy replies)."""
         if requests.num_rows == 0:
             return make_table(TEACHER_RESPONSES, []), ""
         prompt_tokens = self.actors.teacher.count_tokens(requests.column("prompt").to_pylist())
-        n = self.ledger.affordable_requests(prompt_tokens, self.config.teacher.max_new_tokens)
+        n = self.ledger.affordable_requests(prompt_tokens, max_new_tokens or self.config.teacher.max_new_tokens)
         if n == 0:
             return make_table(TEACHER_RESPONSES, []), "budget exhausted: the teacher budget cannot pay for one more request"
-        responses = self.actors.teacher.generate(requests.slice(0, n), seed)
+        responses = self.actors.teacher.generate(requests.slice(0, n), seed, max_new_tokens, temperature)
         # Settle from the paid-once cache rather than from `responses`: a replica that died after
         # persisting part of the batch was paid for that part, which its retried call serves as cached.
         self.ledger.reconcile_teacher(self.actors.teacher.paid())
@@ -280,6 +355,8 @@ class ClosedLoop:
             "teacher": self.actors.teacher.busy_seconds(),
             "student": ray.get(self.actors.student.busy_seconds.remote()),
         }
+        if self.actors.reward is not None:
+            totals["reward"] = ray.get(self.actors.reward.busy_seconds.remote())
         for role, total in totals.items():
             self.ledger.charge_seconds(role, total - self.seen_seconds[role])
             self.seen_seconds[role] = total
@@ -304,6 +381,11 @@ def to_train_examples(task: Task, table: pa.Table) -> pa.Table:
         TRAIN_EXAMPLES,
         [{"id": r["id"], "prompt": task.answer_prompt(r["question"]), "completion": r["answer"]} for r in rows],
     )
+
+
+def pair_texts(table: pa.Table) -> list[str]:
+    """"question\nanswer" of each SEEDS-like row (the text whose tokens the fidelity metric compares)."""
+    return [f"{q}\n{a}" for q, a in zip(table.column("question").to_pylist(), table.column("answer").to_pylist())]
 
 
 def make_run_dir(config: RunConfig) -> Path:
@@ -353,7 +435,8 @@ def load_splits(config: RunConfig) -> Splits:
         tasks.DataError: naming the data path and the empty split or the duplicated ids.
     """
     tc = config.task
-    splits = get_task(tc.name).load_splits(tc.data_path, tc.num_seeds, tc.num_validation, tc.num_test, tc.seed)
+    options = {"levels": tc.levels} if tc.levels is not None else {}  # MATH difficulty levels only
+    splits = get_task(tc.name).load_splits(tc.data_path, tc.num_seeds, tc.num_validation, tc.num_test, tc.seed, **options)
     if splits.seeds.num_rows == 0:
         raise DataError(f"{tc.data_path}: the seed pool is empty")
     ids = [i for table in (splits.seeds, splits.validation, splits.test) for i in table.column("id").to_pylist()]

@@ -1,54 +1,61 @@
-"""Selection strategies (step 2-3 of Algorithm 1): score every seed, pick m.
+"""Steps 2-3 of Algorithm 1: score every seed with a strategy and choose m of them.
 
-Pure functions of the student's PREDICTIONS table; no Ray, no models. A strategy returns one score per
-row, higher = selected first. Sources: Kessler et al. 2025, "Towards Active Synthetic Data Generation
-for Finetuning Language Models", arXiv 2512.00884, Sec. 3 and Table 1.
+Strategies live in drivers/strategies.py (one registry, each with its source); this module runs one on
+the gathered Signals. Sources: Kessler et al. 2025, arXiv 2512.00884, Sec. 3 (strategies) and the
+sampling ablation (argmax vs softmax over scores).
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 
-from loopdistill.schemas import PREDICTIONS, SCORES, make_table, require_columns
+from drivers.signals import Signals
+from drivers.strategies import STRATEGIES, Strategy
+from loopdistill.schemas import SCORES, make_table
 
-ScoreFn = Callable[[pa.Table, np.random.Generator], np.ndarray]
-
-
-def _random(predictions: pa.Table, rng: np.random.Generator) -> np.ndarray:
-    """Uniform scores: static (non-adaptive) generation, the paper's baseline."""
-    return rng.random(predictions.num_rows)
+SAMPLINGS = ("argmax", "softmax")
 
 
-def _loss_high(predictions: pa.Table, rng: np.random.Generator) -> np.ndarray:
-    """Mean NLL of the student's own greedy answer: the paper's best strategy, "loss (high)"."""
-    return np.asarray(predictions.column("loss").to_numpy(zero_copy_only=False), dtype=float)
+def get_strategy(name: str) -> Strategy:
+    """The registered strategy. Raises ValueError for an unknown name (valid names listed)."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; valid: {sorted(STRATEGIES)}")
+    return STRATEGIES[name]
 
 
-def _loss_low(predictions: pa.Table, rng: np.random.Generator) -> np.ndarray:
-    """The easiest seeds first (the paper's "loss (low)" ablation)."""
-    return -_loss_high(predictions, rng)
-
-
-STRATEGIES: dict[str, ScoreFn] = {"random": _random, "loss_high": _loss_high, "loss_low": _loss_low}
-
-
-def score(strategy: str, predictions: pa.Table, seed: int) -> pa.Table:
-    """SCORES (id, score) for each PREDICTIONS row under `strategy`.
+def score(strategy: str, signals: Signals, seed: int) -> pa.Table:
+    """SCORES (id, score), one row per seed, under `strategy` (higher = harder).
 
     Raises:
-        ValueError: unknown strategy (valid names listed); a non-finite score (its id named).
+        ValueError: unknown strategy; a needed signal missing or non-finite (seed id named).
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; valid: {sorted(STRATEGIES)}")
-    require_columns(predictions, PREDICTIONS, f"selection.score[{strategy}]")
-    values = STRATEGIES[strategy](predictions, np.random.default_rng(seed))
-    ids = predictions.column("id").to_pylist()
-    bad = [i for i, v in zip(ids, values) if not np.isfinite(v)]
+    values = np.asarray(get_strategy(strategy).score(signals, np.random.default_rng(seed)), dtype=float)
+    bad = [i for i, v in zip(signals.ids, values) if not np.isfinite(v)]
     if bad:
         raise ValueError(f"strategy {strategy!r} gave non-finite scores for ids {bad[:5]}")
-    return make_table(SCORES, [{"id": i, "score": float(v)} for i, v in zip(ids, values)])
+    return make_table(SCORES, [{"id": i, "score": float(v)} for i, v in zip(signals.ids, values)])
+
+
+def choose(
+    strategy: str, signals: Signals, m: int, sampling: str = "argmax", temperature: float = 1.0, seed: int = 0
+) -> tuple[pa.Table, np.ndarray]:
+    """(SCORES of every seed, indices of the m chosen seeds) under `strategy`.
+
+    Set strategies (random, incorrect, evokd, lion, badge) pick with their own rule from an RNG seeded
+    by `seed`; score strategies take the top m (argmax) or sample (softmax) by `select`.
+
+    Raises:
+        ValueError: unknown strategy or sampling; softmax asked of a set strategy; a signal missing.
+    """
+    strat = get_strategy(strategy)
+    scores = score(strategy, signals, seed)
+    if strat.score_based:
+        idx = select(scores.column("score").to_numpy(), m, sampling, temperature, seed)
+    elif sampling != "argmax":
+        raise ValueError(f"strategy {strategy!r} picks a set by its own rule; sampling {sampling!r} does not apply")
+    else:
+        idx = strat.pick(signals, min(m, len(signals.ids)), np.random.default_rng(seed))
+    return scores, np.asarray(idx, dtype=np.int64)
 
 
 def select(scores: np.ndarray, m: int, sampling: str = "argmax", temperature: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -66,6 +73,6 @@ def select(scores: np.ndarray, m: int, sampling: str = "argmax", temperature: fl
         gumbel = np.random.default_rng(seed).gumbel(size=scores.size)
         keys = scores / temperature + gumbel
     else:
-        raise ValueError(f"unknown sampling {sampling!r}; valid: ['argmax', 'softmax']")
+        raise ValueError(f"unknown sampling {sampling!r}; valid: {list(SAMPLINGS)}")
     order = np.lexsort((np.arange(scores.size), -keys))  # by key descending, then index ascending
     return order[:m]

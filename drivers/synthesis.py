@@ -7,7 +7,9 @@ exceeds 0.7, after Self-Instruct, Wang et al. 2023, Sec. 2.3).
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass
+from typing import Optional
 
 import pyarrow as pa
 from rouge_score import rouge_scorer
@@ -80,40 +82,67 @@ class Deduplicator:
         return kept, len(candidates) - len(kept)
 
 
-def answer_requests(task: Task, candidates: list[Candidate], iteration: int) -> pa.Table:
-    """TEACHER_REQUESTS asking the teacher to answer each candidate question with reasoning."""
+def answer_requests(task: Task, candidates: list[Candidate], iteration: int, response: int = 0) -> pa.Table:
+    """TEACHER_REQUESTS asking the teacher to answer each candidate question with reasoning; `response`
+    numbers the r-th of several answers per question (rejection sampling)."""
+    suffix = f"-r{response}" if response else ""
     rows = [
-        {"request_id": f"it{iteration}-answer-{c.parent_id}", "prompt": task.answer_prompt(c.question)}
+        {"request_id": f"it{iteration}-answer-{c.parent_id}{suffix}", "prompt": task.answer_prompt(c.question)}
         for c in candidates
     ]
     return make_table(TEACHER_REQUESTS, rows)
 
 
+def accepted_answers(task: Task, question: str, texts: list[str]) -> tuple[list[int], Optional[str]]:
+    """Rejection sampling over r teacher answers to one question: (indices kept, their reference).
+
+    With a reference derivable from the question alone (`Task.question_reference`, e.g. a Game of 24
+    puzzle) every answer the verifier accepts is kept. Otherwise the final answers vote and the answers
+    agreeing with the majority are kept (self-consistency, Wang et al. 2023, Sec. 2; ties go to the
+    answer seen first). An answer without an extractable final answer never counts.
+    """
+    reference = task.question_reference(question)
+    if reference is None:
+        votes = Counter(r for r in (task.reference_for(question, t) for t in texts) if r is not None)
+        if not votes:
+            return [], None
+        reference = votes.most_common(1)[0][0]
+    kept = [j for j, text in enumerate(texts) if task.verify(text, reference)]
+    return kept, reference if kept else None
+
+
 def build_synthetic(
-    task: Task, candidates: list[Candidate], responses: pa.Table, iteration: int, strategy: str
+    task: Task, candidates: list[Candidate], responses: list[pa.Table], iteration: int, strategy: str
 ) -> tuple[pa.Table, int]:
-    """SYNTHETIC rows from answered candidates, and the count of answers dropped because they could
-    not be parsed (no extractable final answer) or fail the task's verifier against the reference
-    derived from the question (e.g. a Game of 24 expression that does not make 24). Dropped answers
-    are counted, never crash the iteration."""
-    require_columns(responses, TEACHER_RESPONSES, "build_synthetic")
-    rows, bad = [], 0
-    for cand, resp in zip(candidates, responses.to_pylist()):
-        reference = task.reference_for(cand.question, resp["text"])
-        if reference is None or not task.verify(resp["text"], reference):
-            bad += 1
-            continue
-        rows.append(
-            {
-                "id": f"syn-it{iteration}-{cand.parent_id}",
-                "parent_id": cand.parent_id,
-                "iteration": iteration,
-                "strategy": strategy,
-                "question": cand.question,
-                "answer": resp["text"].strip(),
-                "reference": reference,
-                "teacher_input_tokens": cand.input_tokens + resp["input_tokens"],
-                "teacher_output_tokens": cand.output_tokens + resp["output_tokens"],
-            }
-        )
-    return make_table(SYNTHETIC, rows), bad
+    """SYNTHETIC rows from answered candidates, and the count of teacher answers dropped.
+
+    responses: r TEACHER_RESPONSES tables (r answers per question), each aligned with `candidates`
+    (a shorter table, cut by the budget, leaves its missing rows unanswered). Kept answers follow
+    `accepted_answers`: unparseable ones, ones the verifier rejects and minority answers are dropped and
+    counted, never crash the iteration. A row's token columns hold its own answer's tokens, plus the
+    rewrite's tokens on the first kept row of its question (so the columns sum without double counting).
+    """
+    for table in responses:
+        require_columns(table, TEACHER_RESPONSES, "build_synthetic")
+    texts_of = [table.to_pylist() for table in responses]
+    rows, dropped = [], 0
+    for i, cand in enumerate(candidates):
+        answers = [t[i] for t in texts_of if i < len(t)]
+        kept, reference = accepted_answers(task, cand.question, [a["text"] for a in answers])
+        dropped += len(answers) - len(kept)
+        for n, j in enumerate(kept):
+            suffix = f"-r{j}" if len(responses) > 1 else ""
+            rows.append(
+                {
+                    "id": f"syn-it{iteration}-{cand.parent_id}{suffix}",
+                    "parent_id": cand.parent_id,
+                    "iteration": iteration,
+                    "strategy": strategy,
+                    "question": cand.question,
+                    "answer": answers[j]["text"].strip(),
+                    "reference": reference,
+                    "teacher_input_tokens": answers[j]["input_tokens"] + (cand.input_tokens if n == 0 else 0),
+                    "teacher_output_tokens": answers[j]["output_tokens"] + (cand.output_tokens if n == 0 else 0),
+                }
+            )
+    return make_table(SYNTHETIC, rows), dropped

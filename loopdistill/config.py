@@ -230,6 +230,8 @@ class RunConfig(_Section):
         if self.task.name not in TASKS:
             raise ValueError(f"task.name: unknown task {self.task.name!r}; valid: {sorted(TASKS)}")
         task = TASKS[self.task.name]
+        if self.task.levels is not None and self.task.name != "math":
+            raise ValueError(f"task.levels: difficulty levels exist only for task 'math', not {self.task.name!r}")
         if self.teacher.engine == "programmatic" and not task.has_programmatic_teacher:
             valid = sorted(n for n, t in TASKS.items() if t.has_programmatic_teacher)
             raise ValueError(f"teacher.engine: 'programmatic' is only available for tasks {valid}")

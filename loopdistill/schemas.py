@@ -44,6 +44,30 @@ SCORES = pa.schema(
     ]
 )
 
+# The student's mean NLL (nats/token) of each seed's reference answer, teacher-forced (gt_loss_high).
+REFERENCE_LOSSES = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("gt_loss", pa.float64(), nullable=False),
+    ]
+)
+
+# r(x, y_hat) of the student's answer: a reward model's logit, or the verifier's 0/1 (reward_*).
+REWARDS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("reward", pa.float64(), nullable=False),
+    ]
+)
+
+# BADGE gradient embedding of the loss on the student's own answer, randomly projected (d floats).
+EMBEDDINGS = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
 # One request to the teacher pool and its answer.
 TEACHER_REQUESTS = pa.schema(
     [

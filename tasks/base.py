@@ -85,6 +85,12 @@ class Task(ABC):
         """The verifier reference of a synthetic (question, teacher answer) pair, or None when the
         pair cannot be checked (it is then dropped and counted as unparseable)."""
 
+    def question_reference(self, question: str) -> Optional[str]:
+        """The verifier reference of a question from the question alone (e.g. a Game of 24 puzzle), or
+        None when only an answer can supply it (GSM8K). Rejection sampling keeps every verified answer
+        when there is one, else it takes a majority vote over the answers."""
+        return None
+
     @abstractmethod
     def verify(self, prediction: str, reference: str) -> bool:
         """True when the worked solution `prediction` is correct against `reference`."""

@@ -149,6 +149,10 @@ class Game24Task(Task):
         numbers = match.group(1).split() if match else []
         return puzzle_text([int(n) for n in numbers]) if len(numbers) == 4 else None
 
+    def question_reference(self, question: str) -> Optional[str]:
+        """The puzzle itself: any answer can be checked against it."""
+        return self.reference_for(question, "")
+
     def verify(self, prediction: str, reference: str) -> bool:
         """Correct iff the final expression evaluates to exactly 24 and uses each puzzle number once
         (as a multiset). The expression is parsed with a whitelist evaluator, never executed."""

@@ -33,3 +33,24 @@ def ray_local():
         ray.init(num_cpus=4, include_dashboard=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model(tmp_path_factory) -> str:
+    """A tiny random Llama sequence-classification reward model (one score logit) with the SmolLM2
+    tokenizer, saved to a directory; built here because no reward model can be downloaded."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
+
+    from loopdistill.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("tiny-random-llama"))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, num_labels=1, pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("reward_model")
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)

@@ -11,12 +11,13 @@ import random
 
 from actors.engines.base import Generation, SamplingParams
 from loopdistill.config import ModelConfig
+from loopdistill.judging import is_judge_prompt, verifier_verdict
 from loopdistill.models import format_prompt, load_tokenizer
 from tasks import get_task
 
 
 class ProgrammaticEngine:
-    """Engine that calls `Task.programmatic_teacher(prompt, rng)`.
+    """Engine that calls `Task.programmatic_teacher(prompt, rng)` (judge prompts get the verifier's verdict).
 
     Args:
         task_name: a task whose `has_programmatic_teacher` is True.
@@ -42,6 +43,9 @@ class ProgrammaticEngine:
         for prompt, n_in in zip(prompts, inputs):
             # One random stream per (seed, prompt): the answer does not depend on which other prompts
             # share the batch, so a retried or resumed request gets exactly the answer it would have.
-            text = self.task.programmatic_teacher(prompt, random.Random(f"{params.seed}\n{prompt}"))
+            if is_judge_prompt(prompt):
+                text = verifier_verdict(self.task, prompt)
+            else:
+                text = self.task.programmatic_teacher(prompt, random.Random(f"{params.seed}\n{prompt}"))
             out.append(Generation(text=text, input_tokens=n_in, output_tokens=self._count(text)))
         return out

@@ -62,6 +62,11 @@ class TransformersEngine:
     def _model(self):
         return self.peft if (self.peft is not None and self.adapter_name) else self.base
 
+    def serving_model(self):
+        """(model, context): the module that serves now (base + current adapter) and the context to
+        run its forward passes in (no_grad; with the adapter layers bypassed when none is served)."""
+        return self._model(), self._base_only()
+
     def _base_only(self):
         # With an adapter injected but none wanted, generation must bypass the LoRA layers.
         if self.peft is not None and self.adapter_name is None:

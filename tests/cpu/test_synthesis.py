@@ -44,13 +44,13 @@ def test_unparseable_teacher_outputs_are_counted_not_raised():
         TEACHER_RESPONSES,
         [{"request_id": "a1", "text": "7 + 3 * 4 = 19. The answer is 19.", "input_tokens": 4, "output_tokens": 6, "cached": False}],
     )
-    table, bad_answers = synthesis.build_synthetic(task, cands, answers, iteration=0, strategy="loss_high")
+    table, bad_answers = synthesis.build_synthetic(task, cands, [answers], iteration=0, strategy="loss_high")
     assert bad_answers == 0 and table.num_rows == 1
     row = table.to_pylist()[0]
     assert row["reference"] == "19" and row["parent_id"] == "s1"
     assert row["teacher_input_tokens"] == 14 and row["teacher_output_tokens"] == 11
     no_answer = make_table(TEACHER_RESPONSES, [{"request_id": "a1", "text": "no idea", "input_tokens": 1, "output_tokens": 1, "cached": False}])
-    table, bad_answers = synthesis.build_synthetic(task, cands, no_answer, 0, "loss_high")
+    table, bad_answers = synthesis.build_synthetic(task, cands, [no_answer], 0, "loss_high")
     assert table.num_rows == 0 and bad_answers == 1
 
 

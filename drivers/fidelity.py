@@ -1,0 +1,58 @@
+"""Fidelity of selection and synthesis, per iteration (the analysis of Kessler et al. 2025,
+arXiv 2512.00884, Sec. 5): are the selected seeds harder than the pool, does the synthetic data stay
+close to the seed distribution, and does a hard seed give a hard child under the same student?
+Pure functions; the driver logs their output to MLflow.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+
+def selection_summary(scores: np.ndarray, selected: np.ndarray) -> dict[str, float]:
+    """Mean and median strategy score of the pool (n scores) and of the selected indices."""
+    scores = np.asarray(scores, dtype=float)
+    picked = scores[np.asarray(selected, dtype=np.int64)]
+    out = {"select/pool_mean_score": float(scores.mean()), "select/pool_median_score": float(np.median(scores))}
+    if picked.size:
+        out.update({"select/selected_mean_score": float(picked.mean()), "select/selected_median_score": float(np.median(picked))})
+    return out
+
+
+def token_distribution(token_ids: list[list[int]]) -> Counter:
+    """Unigram counts over all token ids of all texts."""
+    counts: Counter = Counter()
+    for ids in token_ids:
+        counts.update(ids)
+    return counts
+
+
+def total_variation(p: Counter, q: Counter) -> float:
+    """Total-variation distance 0.5 * sum_v |p(v) - q(v)| between two unigram distributions given as
+    counts (0 = identical, 1 = disjoint supports). Raises ValueError when either is empty."""
+    n_p, n_q = sum(p.values()), sum(q.values())
+    if n_p == 0 or n_q == 0:
+        raise ValueError("total variation of an empty token distribution is undefined")
+    return 0.5 * sum(abs(p.get(v, 0) / n_p - q.get(v, 0) / n_q) for v in set(p) | set(q))
+
+
+def token_tv_distance(tokenizer, texts_a: list[str], texts_b: list[str]) -> float:
+    """Total-variation distance between the unigram token distributions of two sets of texts, under
+    `tokenizer` (a Hugging Face tokenizer; no special tokens)."""
+    ids = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
+    return total_variation(token_distribution(ids(texts_a)), token_distribution(ids(texts_b)))
+
+
+def parent_child_spearman(parent_score: dict[str, float], children: list[tuple[str, float]]) -> float | None:
+    """Spearman rank correlation between each seed's score and its synthetic child's score (children:
+    (parent_id, child score) pairs). None with fewer than 3 pairs or a constant side (undefined)."""
+    from scipy.stats import spearmanr
+
+    pairs = [(parent_score[pid], score) for pid, score in children if pid in parent_score]
+    if len(pairs) < 3:
+        return None
+    x, y = np.array(pairs, dtype=float).T
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(spearmanr(x, y).statistic)
