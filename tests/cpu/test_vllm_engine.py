@@ -128,6 +128,27 @@ def test_generate_with_logprobs(engine):
     assert engine.generate(PROMPTS[:1], SamplingParams(max_new_tokens=4)) [0].token_logprobs == []
 
 
+def test_logprobs_match_a_transformers_forward_pass(engine, tiny_model):
+    """vLLM's per-token logprobs are log-softmax of the raw logits: the same numbers a transformers
+    forward pass over prompt + generated tokens gives (fp32 on both sides)."""
+    import torch
+
+    from loopdistill.models import load_causal_lm
+
+    # The token ids themselves (a random model's text does not re-tokenize to the same ids).
+    prompt_ids = engine._encode(PROMPTS[:1])[0]
+    params = SamplingParams(max_new_tokens=8, logprobs=True)
+    out = engine.llm.generate([{"prompt_token_ids": prompt_ids}], engine._sampling_params(params, 0), use_tqdm=False)[0]
+    gen = engine._to_generation(out, len(prompt_ids), want_logprobs=True)
+    new_ids = list(out.outputs[0].token_ids)
+    assert gen.text == engine.generate(PROMPTS[:1], params)[0].text
+    model = load_causal_lm(tiny_model)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + new_ids])).logits[0, len(prompt_ids) - 1 : -1]
+    ref = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(new_ids)[:, None])[:, 0]
+    assert torch.allclose(torch.tensor(gen.token_logprobs), ref, atol=2e-3)
+
+
 def test_sampling_is_seeded(engine):
     params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=7)
     first = engine.generate(PROMPTS, params)
@@ -174,3 +195,21 @@ def test_student_scorer_actor_on_vllm(engine, tiny_model, adapters, ray_local):
     assert base.schema.names == PREDICTIONS.names and base.num_rows == 2
     assert all(loss > 0 for loss in base.column("loss").to_pylist())
     assert base.column("prediction").to_pylist() != tuned.column("prediction").to_pylist()
+
+
+def test_teacher_actor_on_vllm(engine, tiny_model, ray_local):
+    """TeacherActor(engine='vllm') in Ray answers TEACHER_REQUESTS; input tokens = count_tokens."""
+    from actors.teacher import TeacherActor
+    from loopdistill.config import TeacherConfig
+    from loopdistill.schemas import TEACHER_REQUESTS, TEACHER_RESPONSES, make_table
+
+    config = TeacherConfig(engine="vllm", model=ModelConfig(path=tiny_model, max_prompt_tokens=128),
+                           vllm=CPU_VLLM, max_new_tokens=8, temperature=0.7, max_restarts=0)
+    actor = ray_local.remote(TeacherActor).options(num_cpus=1).remote(config, "game24", None)
+    requests = make_table(TEACHER_REQUESTS, [{"request_id": f"r{i}", "prompt": p} for i, p in enumerate(PROMPTS)])
+    out = ray_local.get(actor.generate.remote(requests, 3), timeout=600)
+    counts = ray_local.get(actor.count_tokens.remote(PROMPTS))
+    ray_local.kill(actor)
+    assert out.schema.names == TEACHER_RESPONSES.names and out.column("request_id").to_pylist() == ["r0", "r1", "r2"]
+    assert out.column("input_tokens").to_pylist() == counts
+    assert all(1 <= n <= 8 for n in out.column("output_tokens").to_pylist())
