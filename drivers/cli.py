@@ -1,4 +1,8 @@
-"""Command line: `loopdistill run CONFIG [section.key=value ...]` (also `python -m drivers.cli`)."""
+"""Command line (also `python -m drivers.cli`):
+    loopdistill run CONFIG [section.key=value ...] | run --resume RUN_DIR
+    loopdistill compare --strategies a,b|all CONFIG [section.key=value ...]
+    loopdistill check-config CONFIG [section.key=value ...]
+"""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +20,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="path to a YAML run config (see configs/)")
     run.add_argument("overrides", nargs="*", help="section.key=value, e.g. loop.iterations=2")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue this run after its last completed stage")
+    compare = sub.add_parser("compare", help="one run per selection strategy, one MLflow experiment, a table")
+    compare.add_argument("config")
+    compare.add_argument("overrides", nargs="*")
+    compare.add_argument("--strategies", required=True, help="comma-separated names, or 'all'")
     check = sub.add_parser("check-config", help="validate a config and print it resolved")
     check.add_argument("config")
     check.add_argument("overrides", nargs="*")
@@ -36,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             from drivers.loop import resume
 
             summary = resume(args.resume)
+        elif args.command == "compare":
+            return _compare(args)
         else:
             if not args.config:
                 raise ConfigError("give a config file, or --resume RUN_DIR")
@@ -51,6 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps({k: v for k, v in summary.__dict__.items() if k != "history"}, indent=2))
     print(f"MLflow run {summary.mlflow_run_id}; open the UI with: mlflow ui --backend-store-uri {tracking_uri_of(summary)}")
+    return 0
+
+
+def _compare(args) -> int:
+    from drivers.compare import compare, markdown_table
+    from drivers.strategies import STRATEGIES
+
+    names = sorted(STRATEGIES) if args.strategies == "all" else [s.strip() for s in args.strategies.split(",") if s.strip()]
+    print(markdown_table(compare(args.config, names, args.overrides)))
     return 0
 
 

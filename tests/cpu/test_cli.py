@@ -67,3 +67,8 @@ def test_empty_seed_pool_and_duplicate_ids_are_named(tmp_path, monkeypatch):
     monkeypatch.setattr(task, "load_splits", lambda *a: Splits(make_table(SEEDS, []), make_table(SEEDS, [row]), make_table(SEEDS, [])))
     with pytest.raises(DataError, match="seed pool is empty"):
         load_splits(config)
+
+
+def test_compare_checks_every_strategy_before_running_any(capsys):
+    assert main(["compare", "--strategies", "loss_high,nope", QUICKSTART, "loop.iterations=1"]) == 2
+    assert "unknown strategy 'nope'" in capsys.readouterr().err

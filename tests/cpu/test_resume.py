@@ -35,7 +35,7 @@ def test_resume_after_a_crash_inside_a_stage(tmp_path, shared_data, ray_local, m
     original = getattr(loop_module.ClosedLoop, crash_stage)
 
     def crash_in_iteration_1(self, *args, **kwargs):
-        t = args[1] if crash_stage == "generate" else args[0]
+        t = args[2] if crash_stage == "generate" else args[0]  # generate(selected, predictions, t, ...)
         if t == 1:
             if crash_stage == "generate":  # die after the rewrites were answered (and paid)
                 self.ask_teacher(loop_module.synthesis.rewrite_requests(

@@ -37,3 +37,21 @@ def test_strategy_runs_one_iteration(strategy, tmp_path_factory, shared_data, ra
         assert metrics["judge/unparseable"] == 0  # the programmatic judge always answers in format
     experiment = client.get_experiment_by_name("strategies")
     assert client.get_run(summary.mlflow_run_id).info.experiment_id == experiment.experiment_id
+
+
+def test_compare_runs_each_strategy_into_one_experiment_and_tabulates(tmp_path, shared_data, ray_local):
+    import yaml
+
+    from drivers.compare import compare, markdown_table
+
+    cfg = tiny_config(tmp_path, shared_data, name="cmp", loop={"iterations": 1, "seeds_per_iteration": 2},
+                      tracking={"experiment": "cmp", "run_name": None})
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    rows = compare(str(path), ["random", "loss_low"], ["task.num_seeds=6"])
+    assert [r["strategy"] for r in rows] == ["random", "loss_low"]
+    client = MlflowClient(cfg["tracking"]["tracking_uri"])
+    runs = client.search_runs([client.get_experiment_by_name("cmp").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["loss_low", "random"]
+    table = markdown_table(rows)
+    assert table.count("\n") == 3 and "| random |" in table and rows[0]["budget/teacher_tokens"] > 0
