@@ -58,7 +58,9 @@ class VLLMConfig(_Section):
     enforce_eager: bool = Field(True, description="no CUDA graphs / torch.compile: faster start, slower decode")
     max_lora_rank: int = Field(64, ge=1, description="largest LoRA rank served (student only)")
     max_loras: int = Field(1, ge=1, description="adapters resident per batch (student only)")
-    dtype: str = Field("auto", description="'auto' (the checkpoint's), 'bfloat16', 'float16' or 'float32'")
+    dtype: str = Field(
+        "auto", description="'auto' (GPU: vLLM's choice; CPU: float32, as the transformers engine), 'bfloat16', 'float16', 'float32'"
+    )
 
 
 class OpenAIConfig(_Section):
@@ -232,6 +234,14 @@ class RunConfig(_Section):
         task = TASKS[self.task.name]
         if self.task.levels is not None and self.task.name != "math":
             raise ValueError(f"task.levels: difficulty levels exist only for task 'math', not {self.task.name!r}")
+        from drivers.strategies import STRATEGIES
+
+        forward = {"gt_loss", "embedding"} & set(STRATEGIES[self.loop.strategy].needs)
+        if forward and self.student.engine != "transformers":
+            raise ValueError(
+                f"loop.strategy: {self.loop.strategy!r} needs forward passes of the student ({sorted(forward)}); "
+                f"student.engine must be 'transformers', not {self.student.engine!r}"
+            )
         if self.teacher.engine == "programmatic" and not task.has_programmatic_teacher:
             valid = sorted(n for n, t in TASKS.items() if t.has_programmatic_teacher)
             raise ValueError(f"teacher.engine: 'programmatic' is only available for tasks {valid}")

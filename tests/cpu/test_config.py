@@ -59,3 +59,20 @@ def test_shipped_configs_validate():
     assert configs, "no configs shipped"
     for path in configs:
         load_config(path)
+
+
+def test_forward_pass_strategies_need_the_transformers_student():
+    with pytest.raises(ConfigError, match="student.engine must be 'transformers'"):
+        build_config({"task": {"name": "game24"}, "student": {"engine": "vllm"}, "loop": {"strategy": "gt_loss_high"}})
+
+
+def test_levels_only_for_math():
+    with pytest.raises(ConfigError, match="task.levels"):
+        build_config({"task": {"name": "gsm8k", "levels": [1, 2]}})
+    math = {"task": {"name": "math", "levels": [1, 2]}, "teacher": {"engine": "transformers"}}
+    assert build_config(math).task.levels == [1, 2]
+
+
+def test_reward_section_is_validated():
+    with pytest.raises(ConfigError, match="reward.source"):
+        build_config({"task": {"name": "game24"}, "reward": {"source": "oracle"}})
