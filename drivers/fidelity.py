@@ -6,8 +6,12 @@ Pure functions; the driver logs their output to MLflow.
 from __future__ import annotations
 
 from collections import Counter
+from typing import Callable
 
 import numpy as np
+import pyarrow as pa
+
+from loopdistill.schemas import SEEDS, project
 
 
 def selection_summary(scores: np.ndarray, selected: np.ndarray) -> dict[str, float]:
@@ -56,3 +60,36 @@ def parent_child_spearman(parent_score: dict[str, float], children: list[tuple[s
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return None
     return float(spearmanr(x, y).statistic)
+
+
+def pair_texts(table: pa.Table) -> list[str]:
+    """"question\nanswer" of each SEEDS-like row (the text whose tokens are compared)."""
+    return [f"{q}\n{a}" for q, a in zip(table.column("question").to_pylist(), table.column("answer").to_pylist())]
+
+
+def first_child_rows(synthetic: pa.Table) -> list[int]:
+    """Row index of the first synthetic child of each parent (rejection sampling repeats questions)."""
+    seen, rows = set(), []
+    for i, pid in enumerate(synthetic.column("parent_id").to_pylist()):
+        if pid not in seen:
+            seen.add(pid)
+            rows.append(i)
+    return rows
+
+
+def synthesis_fidelity(tokenizer, predict: Callable[[pa.Table], pa.Table], synthetic: pa.Table,
+                       predictions: pa.Table, seeds: pa.Table) -> dict[str, float]:
+    """Fidelity metrics of one iteration's SYNTHETIC rows: token TV distance to the SEEDS pool, and the
+    Spearman correlation between each selected seed's loss (from `predictions`, PREDICTIONS of the
+    pool) and its first child's loss under `predict` (the same student, before retraining)."""
+    if synthetic.num_rows == 0:
+        return {}
+    out = {"fidelity/token_tv_distance": token_tv_distance(tokenizer, pair_texts(synthetic), pair_texts(seeds))}
+    children = synthetic.take(pa.array(first_child_rows(synthetic), pa.int64()))
+    child_loss = predict(project(children, SEEDS)).column("loss").to_pylist()
+    parents = dict(zip(predictions.column("id").to_pylist(), predictions.column("loss").to_pylist()))
+    rho = parent_child_spearman(parents, list(zip(children.column("parent_id").to_pylist(), child_loss)))
+    if rho is not None:
+        out["fidelity/spearman_parent_child_loss"] = rho
+    out["fidelity/child_mean_loss"] = float(np.mean(child_loss))
+    return out

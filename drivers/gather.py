@@ -26,7 +26,7 @@ class SignalGatherer:
     Args:
         config: the run config (strategy, reward source, BADGE dimension, judge length).
         task: the task (prompts for the judge's teacher answers).
-        actors: drivers.loop.Actors (student, optional reward model).
+        actors: drivers.actor_group.Actors (student, optional reward model).
         ask_teacher: the loop's budgeted teacher call.
     """
 

@@ -31,6 +31,7 @@ import ray
 from drivers import fidelity, selection, synthesis
 from drivers.budget import BudgetLedger
 from drivers.calibration import expected_calibration_error
+from drivers.actor_group import Actors, start_actors
 from drivers.checkpoint import RunState
 from drivers.gather import SignalGatherer
 from drivers.tracking import Tracker
@@ -54,56 +55,6 @@ class RunSummary:
     iterations_completed: int
     stop_reason: str
     history: list[dict] = field(default_factory=list)
-
-
-@dataclass
-class Actors:
-    """Handles of the long-lived actors of one run."""
-
-    teacher: object  # actors.teacher.TeacherPool
-    student: object  # ray ActorHandle of StudentScorerActor
-    trainer: object  # actors.trainer.TrainerGroup
-    reward: object = None  # ray ActorHandle of RewardModelActor, when the strategy reads a reward model
-
-    def shutdown(self) -> None:
-        self.teacher.shutdown()
-        self.trainer.shutdown()
-        ray.kill(self.student)
-        if self.reward is not None:
-            ray.kill(self.reward)
-
-
-def start_actors(config: RunConfig, run_dir: Path) -> Actors:
-    """Create the teacher pool, the student scorer and the trainer group (resources from config).
-    The teacher's paid-once request cache lives in the run directory."""
-    from actors.student import StudentScorerActor
-    from actors.teacher import TeacherPool
-    from actors.trainer import TrainerGroup
-
-    student = ray.remote(StudentScorerActor).options(
-        num_cpus=config.student.num_cpus, num_gpus=config.student.num_gpus,
-        # predict() takes the adapter as an argument, so a retried call on a restarted actor is exact.
-        max_restarts=config.student.max_restarts, max_task_retries=config.student.max_restarts,
-    )
-    return Actors(
-        teacher=TeacherPool(config.teacher, config.task.name, str(run_dir / "teacher_cache.sqlite")),
-        student=student.remote(config.student, config.task.name),
-        trainer=TrainerGroup(config.trainer, config.student.model),
-        reward=start_reward_model(config),
-    )
-
-
-def start_reward_model(config: RunConfig):
-    """A RewardModelActor when the strategy reads rewards from a model (None otherwise)."""
-    from actors.reward import RewardModelActor
-
-    if "reward" not in selection.get_strategy(config.loop.strategy).needs or config.reward.source != "model":
-        return None
-    rc = config.reward
-    actor = ray.remote(RewardModelActor).options(
-        num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, max_restarts=rc.max_restarts, max_task_retries=rc.max_restarts
-    )
-    return actor.remote(rc)
 
 
 class ClosedLoop:
@@ -183,7 +134,17 @@ class ClosedLoop:
     # --- stages ------------------------------------------------------------------------------
     def predict_pool(self) -> pa.Table:
         """PREDICTIONS of the current student on the seed pool."""
-        return ray.get(self.actors.student.predict.remote(self.seeds_ref, self.state.adapter_dir))
+        return self.predict_with_current_adapter(self.seeds_ref)
+
+    def predict_with_current_adapter(self, examples) -> pa.Table:
+        """PREDICTIONS of the current student on SEEDS rows (a table or its object ref)."""
+        return ray.get(self.actors.student.predict.remote(examples, self.state.adapter_dir))
+
+    def tokenizer(self):
+        """The student's tokenizer (loaded on first use, in the driver), for the fidelity metrics."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.config.student.model.path)
+        return self._tokenizer
 
     def select(self, predictions: pa.Table, t: int, metrics: dict, stop: list[str]) -> dict[str, pa.Table] | None:
         """Gather the strategy's signals, score the pool and choose m seeds; returns {"scores": SCORES,
@@ -242,7 +203,8 @@ class ClosedLoop:
                 "synth/kept": new.num_rows,
             }
         )
-        metrics.update(self.synthesis_fidelity(new, predictions))
+        if self.config.loop.fidelity_metrics:
+            metrics.update(fidelity.synthesis_fidelity(self.tokenizer(), self.predict_with_current_adapter, new, predictions, self.splits.seeds))
         self.synthetic = pa.concat_tables([self.synthetic, new])
         return {"synthetic": new}
 
@@ -259,34 +221,6 @@ class ClosedLoop:
                 break
             tables.append(answers)
         return tables, ""
-
-    def synthesis_fidelity(self, new: pa.Table, predictions: pa.Table) -> dict[str, float]:
-        """Token-distribution TV distance of this iteration's synthetic pairs vs the seed pool, and the
-        Spearman correlation of parent vs child loss under the same (not yet retrained) student."""
-        if new.num_rows == 0 or not self.config.loop.fidelity_metrics:
-            return {}
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.config.student.model.path)
-        out = {"fidelity/token_tv_distance": fidelity.token_tv_distance(self._tokenizer, pair_texts(new), pair_texts(self.splits.seeds))}
-        children = new.take(pa.array(self._first_child_rows(new), pa.int64()))
-        child_preds = ray.get(self.actors.student.predict.remote(project(children, SEEDS), self.state.adapter_dir))
-        parents = dict(zip(predictions.column("id").to_pylist(), predictions.column("loss").to_pylist()))
-        pairs = list(zip(children.column("parent_id").to_pylist(), child_preds.column("loss").to_pylist()))
-        rho = fidelity.parent_child_spearman(parents, pairs)
-        if rho is not None:
-            out["fidelity/spearman_parent_child_loss"] = rho
-        out["fidelity/child_mean_loss"] = float(np.mean(child_preds.column("loss").to_numpy()))
-        return out
-
-    @staticmethod
-    def _first_child_rows(new: pa.Table) -> list[int]:
-        """Row index of the first synthetic child of each parent (rejection sampling repeats questions)."""
-        seen, rows = set(), []
-        for i, pid in enumerate(new.column("parent_id").to_pylist()):
-            if pid not in seen:
-                seen.add(pid)
-                rows.append(i)
-        return rows
 
     def ask_teacher(self, requests: pa.Table, seed: int, max_new_tokens: int | None = None,
                     temperature: float | None = None) -> tuple[pa.Table, str]:
@@ -381,11 +315,6 @@ def to_train_examples(task: Task, table: pa.Table) -> pa.Table:
         TRAIN_EXAMPLES,
         [{"id": r["id"], "prompt": task.answer_prompt(r["question"]), "completion": r["answer"]} for r in rows],
     )
-
-
-def pair_texts(table: pa.Table) -> list[str]:
-    """"question\nanswer" of each SEEDS-like row (the text whose tokens the fidelity metric compares)."""
-    return [f"{q}\n{a}" for q, a in zip(table.column("question").to_pylist(), table.column("answer").to_pylist())]
 
 
 def make_run_dir(config: RunConfig) -> Path:
