@@ -220,7 +220,10 @@ class OpenAIEngine:
                 last = f"{type(err).__name__}: {err}"
             else:
                 if resp.status_code == 200:
-                    return parse_reply(resp.json(), self.api.endpoint)
+                    try:
+                        return parse_reply(resp.json(), self.api.endpoint)
+                    except ValueError as err:  # not JSON, or no choices: a proxy's page, a wrong endpoint
+                        raise OpenAIRequestError(f"{what} to {self.url}: unusable HTTP 200 body: {err}") from None
                 last = f"HTTP {resp.status_code}: {resp.text[:300]}"
                 if not is_retryable_status(resp.status_code):
                     raise OpenAIRequestError(f"{what} to {self.url} failed (not retried): {last}")

@@ -46,8 +46,13 @@ def adapter_rank(adapter_dir: str) -> int:
     return int(json.loads(path.read_text())["r"])
 
 
-def llm_kwargs(path: str, cfg: VLLMConfig, enable_lora: bool) -> dict:
-    """Keyword arguments of `vllm.LLM` for a resolved model `path` (pure; tested without vLLM)."""
+def llm_kwargs(path: str, cfg: VLLMConfig, enable_lora: bool, device: str = "cpu") -> dict:
+    """Keyword arguments of `vllm.LLM` for a resolved model `path` (pure; tested without vLLM).
+
+    dtype 'auto' on CPU means float32, as in the transformers engine: vLLM's own 'auto' downcasts an
+    fp32 checkpoint to bf16, which CPUs without bf16 units run slower and which changes the greedy answers.
+    """
+    dtype = "float32" if cfg.dtype == "auto" and not device.startswith("cuda") else cfg.dtype
     kwargs = dict(
         model=path,
         tokenizer=path,
@@ -55,7 +60,7 @@ def llm_kwargs(path: str, cfg: VLLMConfig, enable_lora: bool) -> dict:
         gpu_memory_utilization=cfg.gpu_memory_utilization,
         max_model_len=cfg.max_model_len,
         enforce_eager=cfg.enforce_eager,
-        dtype=cfg.dtype,
+        dtype=dtype,
         enable_lora=enable_lora,
     )
     if cfg.kv_cache_memory_gib is not None:
@@ -91,7 +96,7 @@ class VLLMEngine:
         self.device = device
         self.enable_lora = enable_lora
         self.tokenizer = load_tokenizer(model.path)
-        self.llm = vllm.LLM(**llm_kwargs(resolve_model(model.path), config, enable_lora))
+        self.llm = vllm.LLM(**llm_kwargs(resolve_model(model.path), config, enable_lora, device))
         self.lora_request = None  # None: generate with the base weights
         self._adapters_loaded = 0
 
@@ -146,12 +151,15 @@ class VLLMEngine:
     def count_tokens(self, prompts: list[str]) -> list[int]:
         return [len(i) for i in self._encode(prompts)]
 
-    def _sampling_params(self, params: SamplingParams, seed: int):
+    def _sampling_params(self, params: SamplingParams, seed: int, prompt_tokens: int = 0):
         from vllm import SamplingParams as VSamplingParams
 
         greedy = params.temperature == 0
+        room = self.vllm_config.max_model_len
+        # vLLM rejects prompt + max_tokens > max_model_len; shorten the completion instead.
+        max_tokens = params.max_new_tokens if room is None else max(1, min(params.max_new_tokens, room - prompt_tokens))
         return VSamplingParams(
-            max_tokens=params.max_new_tokens,
+            max_tokens=max_tokens,
             temperature=params.temperature,
             top_p=1.0 if greedy else params.top_p,
             seed=seed,
@@ -164,7 +172,8 @@ class VLLMEngine:
         if not prompts:
             return []
         ids = self._encode(prompts)
-        sampling = [self._sampling_params(params, s) for s in prompt_seeds(prompts, params.seed)]
+        seeds = prompt_seeds(prompts, params.seed)
+        sampling = [self._sampling_params(params, s, len(i)) for s, i in zip(seeds, ids)]
         outputs = self.llm.generate(
             [{"prompt_token_ids": i} for i in ids], sampling, use_tqdm=False, lora_request=self.lora_request
         )

@@ -113,6 +113,13 @@ def test_429_retry_after_is_honoured(tiny_model, monkeypatch):
     assert gen.text == "ok" and eng.retries == 2 and calls == [f"Bearer {KEY}"] * 3
 
 
+def test_unusable_200_body_is_a_named_error(tiny_model):
+    eng = OpenAIEngine(ModelConfig(path=tiny_model), OpenAIConfig(),
+                       transport=httpx.MockTransport(lambda request: httpx.Response(200, text="<html>proxy</html>")))
+    with pytest.raises(OpenAIRequestError, match="request 1 of 1 .*unusable HTTP 200 body"):
+        eng.generate(["x"], SamplingParams(max_new_tokens=4))
+
+
 def test_api_key_stays_out_of_the_config(monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
     dump = TeacherConfig(engine="openai", openai=OpenAIConfig(api_key_env=KEY_ENV)).model_dump_json()

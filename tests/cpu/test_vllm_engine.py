@@ -67,6 +67,8 @@ def test_llm_kwargs_maps_config():
     assert kw["tensor_parallel_size"] == 2 and kw["distributed_executor_backend"] == "mp"
     assert kw["kv_cache_memory_bytes"] == 1 << 29 and kw["max_lora_rank"] == 16 and kw["enable_lora"]
     assert "max_lora_rank" not in llm_kwargs("/m", VLLMConfig(), False)
+    assert llm_kwargs("/m", VLLMConfig(), False)["dtype"] == "float32"  # CPU: as the transformers engine
+    assert llm_kwargs("/m", VLLMConfig(), False, device="cuda")["dtype"] == "auto"
 
 
 def test_prompt_seeds_are_batch_independent_and_split_repeats():
@@ -213,3 +215,9 @@ def test_teacher_actor_on_vllm(engine, tiny_model, ray_local):
     assert out.schema.names == TEACHER_RESPONSES.names and out.column("request_id").to_pylist() == ["r0", "r1", "r2"]
     assert out.column("input_tokens").to_pylist() == counts
     assert all(1 <= n <= 8 for n in out.column("output_tokens").to_pylist())
+
+
+def test_completion_is_shortened_to_fit_max_model_len(engine):
+    prompt_tokens = engine.count_tokens(PROMPTS[:1])[0]
+    gen = engine.generate(PROMPTS[:1], SamplingParams(max_new_tokens=CPU_VLLM.max_model_len + 100))[0]
+    assert gen.output_tokens <= CPU_VLLM.max_model_len - prompt_tokens
