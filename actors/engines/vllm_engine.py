@@ -21,6 +21,7 @@ from loopdistill.config import ModelConfig, VLLMConfig
 from loopdistill.models import format_prompt, load_tokenizer, resolve_model
 
 GIB = 1 << 30
+CPU_KV_CACHE_GIB = 1.0  # vLLM-CPU's KV cache when the config leaves it unset
 
 
 def _import_vllm():
@@ -51,20 +52,23 @@ def llm_kwargs(path: str, cfg: VLLMConfig, enable_lora: bool, device: str = "cpu
 
     dtype 'auto' on CPU means float32, as in the transformers engine: vLLM's own 'auto' downcasts an
     fp32 checkpoint to bf16, which CPUs without bf16 units run slower and which changes the greedy answers.
+    Unset KV cache size / enforce_eager: 1 GiB and eager on CPU; gpu_memory_utilization and CUDA graphs on GPU.
     """
-    dtype = "float32" if cfg.dtype == "auto" and not device.startswith("cuda") else cfg.dtype
+    cpu = not device.startswith("cuda")
+    dtype = "float32" if cfg.dtype == "auto" and cpu else cfg.dtype
+    kv_gib = CPU_KV_CACHE_GIB if cfg.kv_cache_memory_gib is None and cpu else cfg.kv_cache_memory_gib
     kwargs = dict(
         model=path,
         tokenizer=path,
         tensor_parallel_size=cfg.tensor_parallel_size,
         gpu_memory_utilization=cfg.gpu_memory_utilization,
         max_model_len=cfg.max_model_len,
-        enforce_eager=cfg.enforce_eager,
+        enforce_eager=cpu if cfg.enforce_eager is None else cfg.enforce_eager,
         dtype=dtype,
         enable_lora=enable_lora,
     )
-    if cfg.kv_cache_memory_gib is not None:
-        kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_memory_gib * GIB)
+    if kv_gib is not None:
+        kwargs["kv_cache_memory_bytes"] = int(kv_gib * GIB)
     if enable_lora:
         kwargs.update(max_lora_rank=cfg.max_lora_rank, max_loras=cfg.max_loras)
     if cfg.tensor_parallel_size > 1:

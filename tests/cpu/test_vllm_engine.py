@@ -68,7 +68,10 @@ def test_llm_kwargs_maps_config():
     assert kw["kv_cache_memory_bytes"] == 1 << 29 and kw["max_lora_rank"] == 16 and kw["enable_lora"]
     assert "max_lora_rank" not in llm_kwargs("/m", VLLMConfig(), False)
     assert llm_kwargs("/m", VLLMConfig(), False)["dtype"] == "float32"  # CPU: as the transformers engine
-    assert llm_kwargs("/m", VLLMConfig(), False, device="cuda")["dtype"] == "auto"
+    gpu = llm_kwargs("/m", VLLMConfig(), False, device="cuda")
+    assert gpu["dtype"] == "auto" and "kv_cache_memory_bytes" not in gpu and gpu["enforce_eager"] is False
+    cpu = llm_kwargs("/m", VLLMConfig(), False)
+    assert cpu["kv_cache_memory_bytes"] == 1 << 30 and cpu["enforce_eager"] is True
 
 
 def test_prompt_seeds_are_batch_independent_and_split_repeats():
