@@ -144,6 +144,12 @@ class VLLMEngine:
         n = self._adapters_loaded
         self.lora_request = LoRARequest(f"adapter{n}", n, str(adapter_dir))
 
+    def shutdown(self) -> None:
+        """Stop vLLM's engine-core processes now (they also stop when this process exits)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
     # --- generation ----------------------------------------------------------------------------
     def _encode(self, prompts: list[str]) -> list[list[int]]:
         """Token ids of each formatted prompt, left-truncated to max_prompt_tokens (the end of a long

@@ -116,7 +116,8 @@ def engine(tiny_model):
     start = time.perf_counter()
     eng = VLLMEngine(ModelConfig(path=tiny_model, max_prompt_tokens=128), CPU_VLLM, enable_lora=True)
     print(f"vLLM-CPU engine start: {time.perf_counter() - start:.1f} s")
-    return eng
+    yield eng
+    eng.shutdown()
 
 
 def test_generate_with_logprobs(engine):
