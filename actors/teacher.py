@@ -46,7 +46,7 @@ class TeacherActor:
             cfg.top_p, seed=seed,
         )
         prompts = requests.column("prompt").to_pylist()
-        keys = [request_key(cfg.model.path + "|" + cfg.engine, p, params) for p in prompts]
+        keys = [request_key(self.cache_namespace(), p, params) for p in prompts]
         cached = self.cache.get_many(keys) if self.cache else {}
         fresh = self._generate_missing(prompts, keys, cached, params)
         rows = []
@@ -55,6 +55,15 @@ class TeacherActor:
             rows.append({"request_id": rid, "text": gen.text, "input_tokens": gen.input_tokens,
                          "output_tokens": gen.output_tokens, "cached": key in cached})
         return make_table(TEACHER_RESPONSES, rows)
+
+    def cache_namespace(self) -> str:
+        """What besides prompt and sampling decides an answer: the model and engine, and for an HTTP
+        teacher the server and its model name (the local model there is only the tokenizer)."""
+        cfg = self.config
+        namespace = f"{cfg.model.path}|{cfg.engine}"
+        if cfg.engine == "openai":
+            namespace += f"|{cfg.openai.base_url}|{cfg.openai.model}"
+        return namespace
 
     def _generate_missing(self, prompts, keys, cached, params) -> dict[str, Generation]:
         """Generate the uncached prompts batch by batch, persisting each batch as soon as it is done."""

@@ -49,3 +49,19 @@ def get_prompt(numbers):
     from tasks.game24 import question_for
 
     return get_task("game24").answer_prompt(question_for(numbers))
+
+
+def test_http_teacher_answers_are_cached_per_server_and_remote_model():
+    from types import SimpleNamespace
+
+    from actors.teacher import TeacherActor
+    from loopdistill.config import TeacherConfig
+
+    def namespace(**openai):
+        return TeacherActor.cache_namespace(SimpleNamespace(config=TeacherConfig(engine="openai", openai=openai)))
+
+    a = namespace(base_url="http://a:8000/v1", model="m1")
+    assert a != namespace(base_url="http://b:8000/v1", model="m1")
+    assert a != namespace(base_url="http://a:8000/v1", model="m2")
+    local = TeacherActor.cache_namespace(SimpleNamespace(config=TeacherConfig(engine="transformers")))
+    assert local == "smollm2|transformers"  # unchanged for local engines: earlier caches stay valid
