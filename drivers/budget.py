@@ -22,6 +22,7 @@ class Spent:
     teacher_output_tokens: int = 0
     teacher_requests: int = 0
     teacher_samples: int = 0
+    teacher_answers: int = 0  # answers generated for synthetic questions (r per question), kept or not
     accelerator_seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -70,8 +71,11 @@ class BudgetLedger:
         lim = self.limits.teacher_samples
         return None if lim is None else max(0, lim - self.spent.teacher_samples)
 
-    def charge_samples(self, n: int) -> None:
+    def charge_samples(self, n: int, answers: int | None = None) -> None:
+        """Count n kept synthetic pairs, out of `answers` teacher answers generated (rejection sampling
+        with r answers per question; default: n, one answer each and all kept)."""
         self.spent.teacher_samples += int(n)
+        self.spent.teacher_answers += int(n if answers is None else answers)
 
     def charge_seconds(self, actor: str, seconds: float) -> None:
         """Add busy seconds of one actor role (teacher, student, trainer)."""
@@ -112,6 +116,7 @@ class BudgetLedger:
             "budget/teacher_tokens": s.teacher_input_tokens + s.teacher_output_tokens,
             "budget/teacher_requests": s.teacher_requests,
             "budget/teacher_samples": s.teacher_samples,
+            "budget/teacher_answers": s.teacher_answers,
             "budget/accelerator_seconds": self.accelerator_seconds(),
             "budget/usd": self.usd_spent(),
         }

@@ -192,7 +192,7 @@ class ClosedLoop:
         new, bad_answers = synthesis.build_synthetic(task, kept[: answers[0].num_rows], answers, t, loop.strategy)
         left = self.ledger.samples_left()
         new = new if left is None else new.slice(0, left)
-        self.ledger.charge_samples(new.num_rows)
+        self.ledger.charge_samples(new.num_rows, answers=sum(a.num_rows for a in answers))
         metrics.update(
             {
                 "synth/unparseable_rewrites": bad_rewrites,

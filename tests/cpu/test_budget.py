@@ -46,3 +46,18 @@ def test_seconds_per_actor_are_summed():
 
 def test_unlimited_budget_affords_everything():
     assert BudgetLedger(BudgetConfig()).affordable_requests([10**9] * 3, 10**9) == 3
+
+
+def test_rejection_sampling_counts_generated_and_kept_answers():
+    ledger = BudgetLedger(BudgetConfig(teacher_samples=10))
+    ledger.charge_samples(3, answers=8)  # r = 4 answers for 2 questions, 3 kept
+    ledger.charge_samples(2)
+    m = ledger.metrics()
+    assert m["budget/teacher_samples"] == 5 and m["budget/teacher_answers"] == 10
+    restored = BudgetLedger(BudgetConfig())
+    restored.restore(ledger.state())
+    assert restored.metrics()["budget/teacher_answers"] == 10
+    old = ledger.state()
+    del old["teacher_answers"]  # a state.json written before this field existed still loads
+    restored.restore(old)
+    assert restored.metrics()["budget/teacher_answers"] == 0
