@@ -5,10 +5,14 @@ experiment (side by side in the MLflow UI), and a table of their final figures.
 """
 from __future__ import annotations
 
+import logging
+
 from mlflow.tracking import MlflowClient
 
 from drivers.tracking import tracking_uri
 from loopdistill.config import load_config
+
+log = logging.getLogger("loopdistill")
 
 # Columns of the comparison table: (header, MLflow metric key, format).
 COLUMNS = (
@@ -28,7 +32,8 @@ COLUMNS = (
 
 def compare(config_path: str, strategies: list[str], overrides: list[str]) -> list[dict]:
     """Run the config once per strategy (run name = strategy). Returns one row per run: strategy,
-    run id, stop reason and the last value of each metric in COLUMNS (None when not logged).
+    run id, stop reason and the last value of each metric in COLUMNS (None when not logged). A run
+    that raises is logged, given stop reason "failed: <error>", and the next strategy runs.
 
     Raises:
         loopdistill.config.ConfigError: a bad config or an unknown strategy (before any run starts).
@@ -38,7 +43,12 @@ def compare(config_path: str, strategies: list[str], overrides: list[str]) -> li
     configs = [load_config(config_path, [*overrides, f"loop.strategy={s}", f"tracking.run_name={s}"]) for s in strategies]
     rows = []
     for strategy, config in zip(strategies, configs):
-        summary = run(config)
+        try:
+            summary = run(config)
+        except Exception as err:  # one failed strategy must not cost the others' runs
+            log.exception("strategy %s failed; its run is marked FAILED in MLflow, going on", strategy)
+            rows.append({"strategy": strategy, "run_id": None, "stop_reason": f"failed: {type(err).__name__}: {err}"[:200]})
+            continue
         metrics = MlflowClient(tracking_uri(config.tracking)).get_run(summary.mlflow_run_id).data.metrics
         row = {"strategy": strategy, "run_id": summary.mlflow_run_id, "stop_reason": summary.stop_reason}
         row.update({key: metrics.get(key) for _, key, _ in COLUMNS})

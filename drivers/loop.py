@@ -189,7 +189,8 @@ class ClosedLoop:
         if reason:
             stop.append(reason)
             return None
-        new, bad_answers = synthesis.build_synthetic(task, kept[: answers[0].num_rows], answers, t, loop.strategy)
+        answered = answers[0].num_rows if answers else 0  # the budget may cut the first round short
+        new, bad_answers = synthesis.build_synthetic(task, kept[:answered], answers, t, loop.strategy)
         left = self.ledger.samples_left()
         new = new if left is None else new.slice(0, left)
         self.ledger.charge_samples(new.num_rows, answers=sum(a.num_rows for a in answers))

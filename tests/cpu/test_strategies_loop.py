@@ -55,3 +55,23 @@ def test_compare_runs_each_strategy_into_one_experiment_and_tabulates(tmp_path, 
     assert sorted(r.info.run_name for r in runs) == ["loss_low", "random"]
     table = markdown_table(rows)
     assert table.count("\n") == 3 and "| random |" in table and rows[0]["budget/teacher_tokens"] > 0
+
+
+def test_an_llm_teacher_whose_rewrites_never_parse_leaves_the_iteration_complete(tmp_path, shared_data, ray_local):
+    """A random tiny Llama teacher writes gibberish: every rewrite is unparseable, counted, and the
+    iteration still finishes (nothing to train on yet, the current adapter is kept)."""
+    cfg = tiny_config(
+        tmp_path, shared_data, name="gibberish",
+        task={"name": "gsm8k", "data_path": str(shared_data / "gsm8k"), "num_seeds": 6, "num_validation": 2, "num_test": 2},
+        teacher={"engine": "transformers", "max_new_tokens": 12, "temperature": 0.0},
+        loop={"iterations": 1, "strategy": "judge_hard", "seeds_per_iteration": 3, "responses_per_question": 2},
+    )
+    config = build_config(cfg)
+    summary = run(config)
+    assert summary.iterations_completed == 1 and summary.stop_reason == "completed"
+    metrics = MlflowClient(config.tracking.tracking_uri).get_run(summary.mlflow_run_id).data.metrics
+    assert metrics["synth/unparseable_rewrites"] == 3 and metrics["synth/kept"] == 0
+    assert metrics["judge/unparseable"] == 12  # 6 seeds x 2 orders, none in "Score A: x; Score B: y" form
+    # Judge tokens are charged: 6 teacher answers + 3 rewrites + the distinct judge prompts. Teacher and
+    # student are the same greedy tiny model here, so a seed's two orders may coincide (paid once).
+    assert 6 + 6 + 3 <= metrics["budget/teacher_requests"] <= 6 + 12 + 3
