@@ -6,16 +6,15 @@ import math
 import pyarrow as pa
 
 from actors.engines import Generation, SamplingParams, build_engine
-from actors.engines.transformers_engine import TransformersEngine
 from actors.runtime import BusyClock, inject_fault, pick_device, use_all_cpu_threads
 from loopdistill.config import StudentConfig
+from actors.sft_data import to_train_examples
 from actors.student_signals import gradient_embeddings, reference_nll
 from loopdistill.schemas import (
     EMBEDDINGS,
     PREDICTIONS,
     REFERENCE_LOSSES,
     SEEDS,
-    TRAIN_EXAMPLES,
     make_table,
     require_columns,
 )
@@ -78,7 +77,7 @@ class StudentScorerActor:
         """REFERENCE_LOSSES: mean NLL (nats/token) of each seed's reference answer under the student,
         teacher-forced (the gt_loss_high strategy). examples: SEEDS rows (n); n rows out, same order."""
         require_columns(examples, SEEDS, "StudentScorerActor.reference_loss")
-        table = self._train_examples(examples, examples.column("answer").to_pylist())
+        table = to_train_examples(self.task, examples)
         model, context = self._forward_model(adapter_dir)
         with self.clock.measure(), context:
             losses = reference_nll(model, self.engine.tokenizer, table, *self._lengths(), device=self.engine.device)
@@ -92,7 +91,7 @@ class StudentScorerActor:
         See actors/student_signals.py for the method and its sources."""
         require_columns(examples, SEEDS, "StudentScorerActor.gradient_embeddings")
         require_columns(predictions, PREDICTIONS, "StudentScorerActor.gradient_embeddings")
-        table = self._train_examples(examples, predictions.column("prediction").to_pylist())
+        table = to_train_examples(self.task, examples, predictions.column("prediction").to_pylist())
         model, context = self._forward_model(adapter_dir)
         with self.clock.measure(), context:
             emb = gradient_embeddings(
@@ -100,11 +99,6 @@ class StudentScorerActor:
             )
         rows = [{"id": i, "embedding": e.tolist()} for i, e in zip(examples.column("id").to_pylist(), emb)]
         return make_table(EMBEDDINGS, rows)
-
-    def _train_examples(self, examples: pa.Table, completions: list[str]) -> pa.Table:
-        prompts = [self.task.answer_prompt(q) for q in examples.column("question").to_pylist()]
-        ids = examples.column("id").to_pylist()
-        return make_table(TRAIN_EXAMPLES, [{"id": i, "prompt": p, "completion": c} for i, p, c in zip(ids, prompts, completions)])
 
     def _lengths(self) -> tuple[bool, int, int]:
         """(use_chat_template, max prompt tokens, max sequence tokens) of a teacher-forced pass."""

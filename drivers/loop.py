@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from actors.sft_data import to_train_examples
 from drivers import fidelity, selection, synthesis
 from drivers.budget import BudgetLedger
 from drivers.calibration import expected_calibration_error
@@ -37,7 +38,7 @@ from drivers.gather import SignalGatherer
 from drivers.tracking import Tracker
 from loopdistill.config import RunConfig, build_config
 from loopdistill.models import check_model, load_tokenizer
-from loopdistill.schemas import SEEDS, SYNTHETIC, TEACHER_RESPONSES, TRAIN_EXAMPLES, make_table, project
+from loopdistill.schemas import SYNTHETIC, TEACHER_RESPONSES, make_table
 from tasks import DataError, Splits, Task, get_task
 
 log = logging.getLogger("loopdistill")
@@ -307,15 +308,6 @@ class ClosedLoop:
         """The cumulative synthetic set S from the iterations whose generate stage finished."""
         tables = [pq.read_table(p) for p in sorted(self.run_dir.glob("iter_*/synthetic.parquet"))]
         return pa.concat_tables([make_table(SYNTHETIC, []), *tables])
-
-
-def to_train_examples(task: Task, table: pa.Table) -> pa.Table:
-    """TRAIN_EXAMPLES from SEEDS-like rows: the task's answer prompt -> the worked answer."""
-    rows = project(table, SEEDS).to_pylist()
-    return make_table(
-        TRAIN_EXAMPLES,
-        [{"id": r["id"], "prompt": task.answer_prompt(r["question"]), "completion": r["answer"]} for r in rows],
-    )
 
 
 def make_run_dir(config: RunConfig) -> Path:

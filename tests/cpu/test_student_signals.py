@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from actors.reward import RewardModelActor
-from actors.sft_data import IGNORE_INDEX, collate, tokenize_examples
+from actors.sft_data import IGNORE_INDEX, collate, to_train_examples, tokenize_examples
 from actors.student import StudentScorerActor
 from actors.student_signals import _logits_and_head_input, sparse_projection
 from loopdistill.config import ModelConfig, RewardConfig, StudentConfig
@@ -28,7 +28,7 @@ def test_reference_loss_is_the_teacher_forced_nll_of_the_answer(student):
     seeds = _seeds(3)
     losses = student.reference_loss(seeds, None).column("gt_loss").to_pylist()
     # Recompute the first one by hand: mean cross-entropy over the answer tokens only.
-    table = student._train_examples(seeds.slice(0, 1), seeds.column("answer").to_pylist()[:1])
+    table = to_train_examples(student.task, seeds.slice(0, 1))
     ex = tokenize_examples(table, student.engine.tokenizer, True, 512, 512 + 8)[0]
     with torch.no_grad():
         logits = student.engine.base(input_ids=torch.tensor([ex.input_ids])).logits[0, :-1]
@@ -45,7 +45,7 @@ def test_badge_embedding_is_the_projected_output_layer_gradient(student):
     emb = np.array(student.gradient_embeddings(seeds, preds, None, dim, seed=3).column("embedding").to_pylist())
     assert emb.shape == (2, dim * dim)
     # Independent check by autograd on a leaf copy of the output layer: d(mean NLL)/dW, then sketch.
-    table = student._train_examples(seeds.slice(0, 1), preds.column("prediction").to_pylist()[:1])
+    table = to_train_examples(student.task, seeds.slice(0, 1), preds.column("prediction").to_pylist()[:1])
     ex = tokenize_examples(table, student.engine.tokenizer, True, 512, 512 + 8)[0]
     batch = collate([ex], student.engine.tokenizer.pad_token_id)
     with torch.no_grad():
