@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 import pyarrow as pa
-from rouge_score import rouge_scorer
 
+from drivers.near_duplicates import TokenIndex
 from loopdistill.schemas import SYNTHETIC, TEACHER_REQUESTS, TEACHER_RESPONSES, make_table, require_columns
 from tasks import Task
 
@@ -55,29 +55,29 @@ def parse_rewrites(task: Task, selected: list[dict], responses: pa.Table) -> tup
 
 class Deduplicator:
     """Drops exact duplicates (by `Task.dedup_key`) and, for tasks with `rouge_dedup`, questions whose
-    ROUGE-L F-measure (the `rouge-score` package) against an earlier one exceeds `threshold`."""
+    ROUGE-L F-measure against an earlier one exceeds `threshold` (in (0, 1]; computed with rapidfuzz on
+    rouge-score's tokens, `drivers.near_duplicates`: one candidate against N questions is one vectorised
+    call, about 0.1-1 us a pair instead of rouge-score's hundreds)."""
 
     def __init__(self, task: Task, threshold: float):
         self.task = task
         self.threshold = threshold
-        self.scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-
-    def max_similarity(self, question: str, others: list[str]) -> float:
-        return max((self.scorer.score(o, question)["rougeL"].fmeasure for o in others), default=0.0)
 
     def filter(self, candidates: list[Candidate], earlier: list[str]) -> tuple[list[Candidate], int]:
         """Keep candidates unlike every earlier question and every candidate kept before them.
         Returns (kept, number dropped)."""
-        seen, kept = list(earlier), []
+        kept = []
         keys = {self.task.dedup_key(q) for q in earlier}
+        index = TokenIndex(earlier) if self.task.rouge_dedup else None
         for cand in candidates:
             key = self.task.dedup_key(cand.question)
             if key in keys:
                 continue
-            if self.task.rouge_dedup and self.max_similarity(cand.question, seen) > self.threshold:
-                continue
+            if index is not None:
+                if index.nearest(cand.question)[0] > self.threshold:
+                    continue
+                index.add(cand.question)
             kept.append(cand)
-            seen.append(cand.question)
             keys.add(key)
         return kept, len(candidates) - len(kept)
 

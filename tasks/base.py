@@ -40,8 +40,16 @@ class Task(ABC):
     rouge_dedup: bool = True
 
     def dedup_key(self, question: str) -> str:
-        """What identifies a problem for exact-duplicate removal (default: whitespace-normalised text)."""
+        """The task's normalised key: what identifies a problem for exact-duplicate removal and for
+        decontamination against validation/test (default: whitespace-collapsed, lower-cased text)."""
         return " ".join(question.split()).lower()
+
+    def with_options(self, **options) -> "Task":
+        """This task with run options applied (e.g. Game of 24's `max_number`); the registry's instance
+        is never changed. Raises ValueError naming an option the task does not take."""
+        if options:
+            raise ValueError(f"task {self.name!r} takes no options, got {sorted(options)}")
+        return self
 
     @abstractmethod
     def load_splits(

@@ -20,7 +20,13 @@ from tasks.io import require_file, row_error
 log = logging.getLogger(__name__)
 
 TOT_TEST_RANGE = range(900, 1000)  # 0-based rows Tree of Thoughts evaluates on
-NUMBER_RANGE = range(1, 14)  # puzzle numbers are 1..13 (a deck of cards)
+NUMBER_RANGE = range(1, 14)  # puzzle numbers of the data are 1..13 (a deck of cards)
+# Synthetic puzzles may use 1..max_number. 1..13 holds only 1,362 solvable puzzles, and a study's rewrites
+# saturate it (768 rewrites a round: 381 new puzzles in round 0, 26 in round 5) and write the test puzzles.
+# 40 is the smallest range measured (13, 16, 20, 25, 30, 40, 50, 100; benchmarks/synthetic_growth.py) whose
+# set passes 3,000 distinct puzzles in 5 rounds and still grows by ~70% of the rewrites in round 5.
+DEFAULT_MAX_NUMBER = 40
+_RANGE = re.compile(r"four numbers from 1 to (\d+)")
 _ANSWER = re.compile(r"Answer:\s*(.+)")
 _QUESTION = re.compile(r"Use the numbers ([\d ]+?) and basic arithmetic")
 _NEW_PUZZLE = re.compile(r"New puzzle:\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)")
@@ -55,6 +61,17 @@ class Game24Task(Task):
     name = "game24"
     has_programmatic_teacher = True
     rouge_dedup = False  # every question is one template; two puzzles differ only in four numbers
+
+    def __init__(self, max_number: int = DEFAULT_MAX_NUMBER):
+        if max_number < NUMBER_RANGE.stop - 1:
+            raise ValueError(f"game24 max_number must be at least {NUMBER_RANGE.stop - 1}, got {max_number}")
+        self.max_number = max_number
+
+    def with_options(self, max_number: Optional[int] = None, **options) -> "Game24Task":
+        """A Game24Task whose rewrites use integers 1..max_number (None keeps this task's)."""
+        if options:
+            raise ValueError(f"task 'game24' takes only the option max_number, got {sorted(options)}")
+        return self if max_number in (None, self.max_number) else Game24Task(max_number)
 
     def dedup_key(self, question: str) -> str:
         """The sorted puzzle: "Use the numbers 4 6 1 1 ..." and "... 1 1 4 6 ..." are one problem."""
@@ -112,19 +129,20 @@ class Game24Task(Task):
         return (
             "You write new Game of 24 puzzles by backward reasoning: start from 24, split it into two numbers "
             "with an operation (e.g. 24 = 4 * 6), split one of those again (6 = 13 - 7), and so on until there "
-            "are four numbers from 1 to 13. The new puzzle must be solvable and differ from the selected one.\n"
+            f"are four numbers from 1 to {self.max_number}. The new puzzle must be solvable and differ from the selected one.\n"
             f"{examples}\n"
             f"Selected puzzle: {seed['reference']}\nIts solution:\n{seed['answer']}\n"
             'Reply with one line "New puzzle: w x y z".'
         )
 
     def parse_rewrite(self, text: str) -> Optional[str]:
-        """The question for "New puzzle: w x y z" (last occurrence); None unless 4 solvable ints in 1..13."""
+        """The question for "New puzzle: w x y z" (last occurrence); None unless 4 solvable ints in
+        1..max_number."""
         matches = list(_NEW_PUZZLE.finditer(text))
         if not matches:
             return None
         numbers = [int(g) for g in matches[-1].groups()]
-        if not all(n in NUMBER_RANGE for n in numbers) or not is_solvable(numbers):
+        if not all(1 <= n <= self.max_number for n in numbers) or not is_solvable(numbers):
             return None
         return question_for(numbers)
 
@@ -168,10 +186,14 @@ class Game24Task(Task):
 
     def programmatic_teacher(self, prompt: str, rng: random.Random) -> str:
         """A rewrite prompt ("Selected puzzle: ...") gets "New puzzle: w x y z" built backwards from 24,
-        reusing the selected numbers where it can; an answer prompt gets the solver's worked solution."""
+        reusing the selected numbers where it can, with integers in the range the prompt states ("four
+        numbers from 1 to N", so the engine needs no task options); an answer prompt gets the solver's
+        worked solution."""
         selected = _SELECTED.search(prompt)
         if selected:
-            puzzle = backward_puzzle([int(g) for g in selected.groups()], rng)
+            stated = _RANGE.search(prompt)
+            max_number = int(stated.group(1)) if stated else NUMBER_RANGE.stop - 1
+            puzzle = backward_puzzle([int(g) for g in selected.groups()], rng, max_number=max_number)
             return "No new puzzle." if puzzle is None else f"New puzzle: {puzzle_text(puzzle)}"
         match = _QUESTION.search(prompt)
         if not match:

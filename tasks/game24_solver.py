@@ -116,19 +116,19 @@ def _eval(node: ast.AST, used: list[int]) -> Fraction:
     raise ExpressionError(f"unsupported element {type(node).__name__}")
 
 
-def backward_puzzle(anchor: list[int], rng: random.Random, tries: int = 200) -> Optional[list[int]]:
+def backward_puzzle(anchor: list[int], rng: random.Random, tries: int = 200, max_number: int = 13) -> Optional[list[int]]:
     """A new solvable puzzle built backwards from 24, reusing numbers of `anchor` where it can.
 
-    Start from [24]; repeatedly split one value v into (x, y) with x op y = v and x, y integers in 1..13,
-    until four numbers remain (the method's backward reasoning for Game of 24, Kessler et al. 2025,
-    arXiv 2512.00884). With probability 0.5 x is drawn from the anchor's numbers. Returns None when no
-    different puzzle was found within `tries`.
+    Start from [24]; repeatedly split one value v into (x, y) with x op y = v and x, y integers in
+    1..max_number, until four numbers remain (the method's backward reasoning for Game of 24, Kessler et
+    al. 2025, arXiv 2512.00884, whose example 4 * 26 - 10 * 8 goes past 13). With probability 0.5 x is
+    drawn from the anchor's numbers. Returns None when no different puzzle was found within `tries`.
     """
     for _ in range(tries):
         values = [24]
         while len(values) < 4:
             v = values.pop(rng.randrange(len(values)))
-            split = _split(v, anchor, rng)
+            split = _split(v, anchor, rng, max_number)
             if split is None:
                 break
             values.extend(split)
@@ -137,10 +137,10 @@ def backward_puzzle(anchor: list[int], rng: random.Random, tries: int = 200) -> 
     return None
 
 
-def _split(v: int, anchor: list[int], rng: random.Random) -> Optional[tuple[int, int]]:
-    """A random (x, y) with x op y == v for some op in + - * / (exact), x and y integers in 1..13.
-    With probability 0.5, x is one of the anchor's numbers when such a split exists."""
-    pairs = [(x, y) for x in range(1, 14) for y in _partners(v, x) if 1 <= y <= 13]
+def _split(v: int, anchor: list[int], rng: random.Random, max_number: int = 13) -> Optional[tuple[int, int]]:
+    """A random (x, y) with x op y == v for some op in + - * / (exact), x and y integers in
+    1..max_number. With probability 0.5, x is one of the anchor's numbers when such a split exists."""
+    pairs = [(x, y) for x in range(1, max_number + 1) for y in _partners(v, x) if 1 <= y <= max_number]
     if not pairs:
         return None
     preferred = [p for p in pairs if p[0] in anchor]

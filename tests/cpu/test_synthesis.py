@@ -62,3 +62,32 @@ def test_rewrite_requests_exclude_the_selected_seed_from_few_shot():
     prompt = reqs.column("prompt")[0].as_py()
     assert "Question number 0?" in prompt
     assert prompt.count("Question number") == 6  # the selected seed + 5 few-shot examples
+
+
+def test_dedup_keeps_what_the_rouge_score_filter_kept_on_real_questions(shared_data):
+    """Same decisions as the former rouge-score implementation (ROUGE-L F per pair, > 0.7 drops)."""
+    import json
+    import random
+
+    from rouge_score import rouge_scorer
+
+    questions = [json.loads(line)["question"] for line in (shared_data / "gsm8k" / "test.jsonl").read_text().splitlines()[:160]]
+    rng = random.Random(1)
+    near = []
+    for q in questions[100:160]:
+        words = q.split()
+        for _ in range(rng.choice([1, 3, 6])):  # some stay above 0.7, some fall below
+            words[rng.randrange(len(words))] = "zebra"
+        near.append(" ".join(words))
+    earlier = questions[:100]
+    cands = [synthesis.Candidate(str(i), q, 1, 1) for i, q in enumerate(questions[120:160] + near + questions[60:70])]
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    seen, expected = list(earlier), []
+    for cand in cands:  # the old filter (keys are distinct here, so only ROUGE-L decides)
+        if max(scorer.score(o, cand.question)["rougeL"].fmeasure for o in seen) > 0.7:
+            continue
+        expected.append(cand.parent_id)
+        seen.append(cand.question)
+    kept, dropped = synthesis.Deduplicator(get_task("gsm8k"), 0.7).filter(cands, earlier)
+    assert [c.parent_id for c in kept] == expected
+    assert dropped == len(cands) - len(expected) and 10 < dropped < 100 - 10

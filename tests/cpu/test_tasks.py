@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tasks import DataError, get_task
-from tasks.game24 import TOT_TEST_RANGE, question_for
+from tasks.game24 import DEFAULT_MAX_NUMBER, TOT_TEST_RANGE, question_for
 from tasks.game24_solver import backward_puzzle, evaluate, is_solvable, solve
 from tasks.gsm8k import clean_solution, normalize_number
 
@@ -220,7 +220,14 @@ def test_game24_prompts_and_parse_rewrite():
     assert "Answer: <expression> = 24" in GAME24.answer_prompt(seed["question"])
     assert GAME24.parse_rewrite("ok\nNew puzzle: 6 4 1 1") == question_for([1, 1, 4, 6])
     assert GAME24.parse_rewrite("New puzzle: 1 1 1 1") is None  # unsolvable
-    assert GAME24.parse_rewrite("New puzzle: 0 2 3 4") is None and GAME24.parse_rewrite("New puzzle: 1 2 3 14") is None
+    assert GAME24.parse_rewrite("New puzzle: 0 2 3 4") is None
+    # rewrites may go past the data's 1..13 up to max_number (default DEFAULT_MAX_NUMBER)
+    assert f"four numbers from 1 to {DEFAULT_MAX_NUMBER}" in prompt
+    assert GAME24.parse_rewrite("New puzzle: 1 2 3 14") == question_for([1, 2, 3, 14])
+    assert GAME24.parse_rewrite(f"New puzzle: 1 2 3 {DEFAULT_MAX_NUMBER + 1}") is None
+    narrow = GAME24.with_options(max_number=13)
+    assert "four numbers from 1 to 13" in narrow.rewrite_prompt(seed, [shot])
+    assert narrow.parse_rewrite("New puzzle: 1 2 3 14") is None
     assert GAME24.parse_rewrite("New puzzle: 1 2 3") is None
 
 
