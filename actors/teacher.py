@@ -1,14 +1,60 @@
-"""TeacherActor replicas and the TeacherPool that load-balances requests over them."""
+"""TeacherActor replicas and the TeacherPool that spreads requests over them.
+
+Paid once: every answer is written to the request cache the moment it arrives (HTTP: as each response
+completes, `max_concurrency` in flight; vLLM: as each request of the call's single engine batch
+finishes; transformers / programmatic: per `batch_size` batch), and every request sent is journaled
+before it leaves (actors/request_cache.SpendJournal). Each request's sampling seed comes from the call
+seed and its request_id (actors.engines.teacher_seed), never from how the pool shards the work, so a
+resumed run finds every answered request in the cache.
+"""
 from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Optional
 
 import pyarrow as pa
 import ray
 
-from actors.engines import Generation, SamplingParams, build_engine
-from actors.request_cache import RequestCache, request_key
+from actors.engines import Generation, SamplingParams, build_engine, teacher_seed
+from actors.request_cache import RequestCache, SpendJournal, journal_totals, request_key
 from actors.runtime import BusyClock, inject_fault, pick_device, use_all_cpu_threads
 from loopdistill.config import TeacherConfig
 from loopdistill.schemas import TEACHER_REQUESTS, TEACHER_RESPONSES, make_table, require_columns
+
+
+class TeacherRequestsFailed(RuntimeError):
+    """Every fresh request of a call failed for good (an outage, a bad key or model): the answers
+    that did arrive earlier are kept in the cache; the first error is in the message."""
+
+
+class _SendLog:
+    """What an engine tells the journal about each request it sends (see Engine.stream)."""
+
+    def __init__(self, journal: Optional[SpendJournal], max_new_tokens: int):
+        self.journal, self.max_new = journal, max_new_tokens
+        self.reserved_in: dict[str, int] = {}
+
+    def sent(self, index: int, input_tokens: int):
+        return self.sent_many([input_tokens])[0]
+
+    def sent_many(self, input_tokens: list[int]) -> list:
+        if self.journal is None:
+            return [None] * len(input_tokens)
+        ids = self.journal.reserve([(n, self.max_new) for n in input_tokens])
+        self.reserved_in.update(zip(ids, input_tokens))
+        return ids
+
+    def answered(self, token, input_tokens: Optional[int], output_tokens: Optional[int]) -> None:
+        if self.journal is None:
+            return
+        n_in = self.reserved_in.get(token, 0) if input_tokens is None else input_tokens
+        n_out = self.max_new if output_tokens is None else output_tokens
+        self.journal.settle([(token, n_in, n_out)])
+
+    def refused(self, token) -> None:
+        if self.journal is not None:
+            self.journal.release([token])
 
 
 class TeacherActor:
@@ -18,17 +64,28 @@ class TeacherActor:
         config: the teacher section of the run config.
         task_name: the task (used by the programmatic engine).
         cache_path: SQLite file of the paid-once request cache (None: no cache).
+        journal_path: the pool's SpendJournal file (None: nothing journaled).
+        limiter: the pool's RateLimiterActor handle for engine 'openai' (None: per-engine limits).
     """
 
-    def __init__(self, config: TeacherConfig, task_name: str, cache_path: str | None = None):
+    def __init__(self, config: TeacherConfig, task_name: str, cache_path: str | None = None,
+                 journal_path: str | None = None, limiter=None):
         self.config = config
         device = pick_device(config.num_gpus)
         if device == "cpu":
             use_all_cpu_threads()
+        limits = None
+        if limiter is not None:
+            from actors.rate_limiter import SharedLimits
+
+            limits = SharedLimits(limiter)
         self.engine = build_engine(config.engine, config.model, task_name, config.batch_size, device,
-                                   vllm=config.vllm, openai=config.openai)
+                                   vllm=config.vllm, openai=config.openai, limits=limits)
         self.cache = RequestCache(cache_path) if cache_path else None
+        self.journal = SpendJournal(journal_path) if journal_path else None
         self.clock = BusyClock()
+        self.failed = 0  # requests that failed for good
+        self.truncated = 0  # answers cut at max_new_tokens
 
     def count_tokens(self, prompts: list[str]) -> list[int]:
         """Input tokens each prompt would cost (chat template included)."""
@@ -38,20 +95,28 @@ class TeacherActor:
                  temperature: float | None = None) -> pa.Table:
         """Answer every request. requests: TEACHER_REQUESTS; returns TEACHER_RESPONSES in order, with
         `cached` True for answers served from the request cache (already paid for, not charged again).
-        max_new_tokens / temperature override the config's for this call (e.g. a short, greedy judge)."""
+        seed: the call's seed; request i samples with teacher_seed(seed, request_id_i) (greedy
+        requests with 0: they need none, and identical greedy prompts then share one answer).
+        max_new_tokens / temperature override the config's for this call (e.g. a short, greedy judge).
+        A request that failed for good gets an empty text and zero tokens (counted in `stats`).
+
+        Raises:
+            TeacherRequestsFailed: every request that had to be sent failed for good.
+        """
         require_columns(requests, TEACHER_REQUESTS, "TeacherActor.generate")
         cfg = self.config
-        params = SamplingParams(
-            max_new_tokens or cfg.max_new_tokens, cfg.temperature if temperature is None else temperature,
-            cfg.top_p, seed=seed,
-        )
+        temp = cfg.temperature if temperature is None else temperature
+        params = SamplingParams(max_new_tokens or cfg.max_new_tokens, temp, cfg.top_p, seed=0)
         prompts = requests.column("prompt").to_pylist()
-        keys = [request_key(self.cache_namespace(), p, params) for p in prompts]
+        rids = requests.column("request_id").to_pylist()
+        seeds = [teacher_seed(seed, rid) if temp > 0 else 0 for rid in rids]
+        namespace = self.cache_namespace()
+        keys = [request_key(namespace, p, replace(params, seed=s)) for p, s in zip(prompts, seeds)]
         cached = self.cache.get_many(keys) if self.cache else {}
-        fresh = self._generate_missing(prompts, keys, cached, params)
+        fresh = self._generate_missing(prompts, seeds, keys, cached, params)
         rows = []
-        for rid, key in zip(requests.column("request_id").to_pylist(), keys):
-            gen = cached.get(key) or fresh[key]
+        for rid, key in zip(rids, keys):
+            gen = cached.get(key) or fresh.get(key) or Generation(text="", input_tokens=0, output_tokens=0)
             rows.append({"request_id": rid, "text": gen.text, "input_tokens": gen.input_tokens,
                          "output_tokens": gen.output_tokens, "cached": key in cached})
         return make_table(TEACHER_RESPONSES, rows)
@@ -65,25 +130,63 @@ class TeacherActor:
             namespace += f"|{cfg.openai.base_url}|{cfg.openai.model}"
         return namespace
 
-    def _generate_missing(self, prompts, keys, cached, params) -> dict[str, Generation]:
-        """Generate the uncached prompts batch by batch, persisting each batch as soon as it is done."""
-        todo = list(dict.fromkeys(k for k in keys if k not in cached))
-        prompt_of = dict(zip(keys, prompts))
+    def _generate_missing(self, prompts, seeds, keys, cached, params) -> dict[str, Generation]:
+        """Generate the uncached requests, persisting each answer as soon as it exists (streaming
+        engines) or each batch (the others). Failed requests are left out of the result."""
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key not in cached:
+                first.setdefault(key, i)
+        todo = list(first)
+        if not todo:
+            return {}
+        todo_prompts = [prompts[first[k]] for k in todo]
+        todo_seeds = [seeds[first[k]] for k in todo]
+        log = _SendLog(self.journal, params.max_new_tokens)
         fresh: dict[str, Generation] = {}
-        size = self.config.batch_size
-        for start in range(0, len(todo), size):
-            batch = todo[start : start + size]
-            with self.clock.measure():
-                gens = self.engine.generate([prompt_of[k] for k in batch], params)
-            fresh.update(zip(batch, gens))
-            if self.cache:
-                self.cache.put_many(list(zip(batch, gens)))
-            inject_fault("teacher.generate")  # dies after a persisted batch, before the rest
+        errors: list[Exception] = []
+        with self.clock.measure():
+            if hasattr(self.engine, "stream"):
+                for index, result in self.engine.stream(todo_prompts, params, todo_seeds, log=log):
+                    if isinstance(result, Exception):
+                        errors.append(result)
+                        continue
+                    self._keep(todo[index], result, fresh)
+                    inject_fault("teacher.generate")  # dies after a persisted answer, others in flight
+            else:
+                size = self.config.batch_size
+                for start in range(0, len(todo), size):
+                    batch = todo[start : start + size]
+                    tokens = log.sent_many(self.engine.count_tokens(todo_prompts[start : start + size]))
+                    gens = self.engine.generate(todo_prompts[start : start + size], params, todo_seeds[start : start + size])
+                    for key, token, gen in zip(batch, tokens, gens):
+                        log.answered(token, gen.input_tokens, gen.output_tokens)
+                        self._keep(key, gen, fresh)
+                    inject_fault("teacher.generate")  # dies after a persisted batch, before the rest
+        self.failed += len(errors)
+        if errors and not fresh:
+            raise TeacherRequestsFailed(f"all {len(todo)} teacher requests of this call failed; first error: {errors[0]}")
         return fresh
+
+    def _keep(self, key: str, gen: Generation, fresh: dict) -> None:
+        fresh[key] = gen
+        self.truncated += int(gen.truncated)
+        if self.cache:
+            self.cache.put_many([(key, gen)])
 
     def busy_seconds(self) -> float:
         """Cumulative seconds spent generating."""
         return self.clock.total_s
+
+    def stats(self) -> dict[str, float]:
+        """Counters since start: requests failed for good, answers truncated at max_new_tokens, HTTP
+        retries and seconds waited on rate limits (0 for local engines)."""
+        return {
+            "teacher/failed_requests": self.failed,
+            "teacher/truncated_answers": self.truncated,
+            "teacher/retries": getattr(self.engine, "retries", 0),
+            "teacher/rate_limit_wait_s": getattr(self.engine, "rate_limit_wait_s", 0.0),
+        }
 
     def paid(self) -> dict[str, int]:
         """Distinct requests answered and their tokens, from the request cache (zeros without one)."""
@@ -92,20 +195,38 @@ class TeacherActor:
 
 class TeacherPool:
     """N TeacherActor replicas; a request batch is split into N contiguous shards, one per replica.
+    An HTTP pool shares one RateLimiterActor, so RPM/TPM are the provider's limits for the key, not
+    N times them.
 
     Args:
         config: teacher config; `num_replicas`, `num_cpus`, `num_gpus` size the pool.
         task_name: passed to each replica.
         cache_path: the replicas' shared paid-once request cache (SQLite file), or None.
+        journal_path: the replicas' shared SpendJournal (what was sent), or None.
     """
 
-    def __init__(self, config: TeacherConfig, task_name: str, cache_path: str | None = None):
+    def __init__(self, config: TeacherConfig, task_name: str, cache_path: str | None = None,
+                 journal_path: str | None = None):
         self.config = config
+        self.journal_path = journal_path
+        if journal_path and cache_path and not os.path.exists(journal_path) and os.path.exists(cache_path):
+            # A run directory from before spend journals: what its cache holds was paid; carry it over.
+            paid = RequestCache(cache_path).stats()
+            if paid["requests"]:
+                journal = SpendJournal(journal_path)
+                journal.carry_over(paid)
+                journal.close()
+        self.limiter = None
+        if config.engine == "openai":
+            from actors.rate_limiter import start_limiter
+
+            self.limiter = start_limiter(config.openai.requests_per_minute, config.openai.tokens_per_minute)
         remote = ray.remote(TeacherActor).options(
             num_cpus=config.num_cpus, num_gpus=config.num_gpus,
             max_restarts=config.max_restarts, max_task_retries=config.max_restarts,  # generate() is idempotent
         )
-        self.replicas = [remote.remote(config, task_name, cache_path) for _ in range(config.num_replicas)]
+        self.replicas = [remote.remote(config, task_name, cache_path, journal_path, self.limiter)
+                         for _ in range(config.num_replicas)]
 
     def count_tokens(self, prompts: list[str]) -> list[int]:
         return ray.get(self.replicas[0].count_tokens.remote(prompts))
@@ -113,12 +234,13 @@ class TeacherPool:
     def generate(self, requests: pa.Table, seed: int, max_new_tokens: int | None = None,
                  temperature: float | None = None) -> pa.Table:
         """Answer TEACHER_REQUESTS on all replicas in parallel; returns TEACHER_RESPONSES in order.
-        Each shard gets its own sampling seed so replicas do not repeat each other's samples;
-        max_new_tokens / temperature override the config's for this call."""
+        Every shard gets the same call seed: each request's own seed comes from its request_id, so
+        the samples do not depend on the number of replicas. max_new_tokens / temperature override
+        the config's for this call."""
         n = len(self.replicas)
         size = -(-requests.num_rows // n) if requests.num_rows else 0
         refs = [
-            replica.generate.remote(requests.slice(i * size, size), seed + 1000 * i, max_new_tokens, temperature)
+            replica.generate.remote(requests.slice(i * size, size), seed, max_new_tokens, temperature)
             for i, replica in enumerate(self.replicas)
             if i * size < requests.num_rows
         ]
@@ -129,10 +251,24 @@ class TeacherPool:
         """Summed busy seconds of all replicas."""
         return sum(ray.get([r.busy_seconds.remote() for r in self.replicas]))
 
+    def stats(self) -> dict[str, float]:
+        """The replicas' counters (TeacherActor.stats), summed."""
+        out: dict[str, float] = {}
+        for one in ray.get([r.stats.remote() for r in self.replicas]):
+            for k, v in one.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
     def paid(self) -> dict[str, int]:
-        """What the shared paid-once cache holds: requests, input_tokens, output_tokens."""
+        """What was sent, from the spend journal: requests and their tokens (settled ones at their
+        usage, those never settled at their full reservation). Without a journal: what the
+        paid-once cache holds."""
+        if self.journal_path:
+            return journal_totals(self.journal_path)
         return ray.get(self.replicas[0].paid.remote())
 
     def shutdown(self) -> None:
         for replica in self.replicas:
             ray.kill(replica)
+        if self.limiter is not None:
+            ray.kill(self.limiter)

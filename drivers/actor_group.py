@@ -30,7 +30,7 @@ class Actors:
 
 def start_actors(config: RunConfig, run_dir: Path) -> Actors:
     """Create the teacher pool, the student scorer and the trainer group (resources from config).
-    The teacher's paid-once request cache lives in the run directory."""
+    The teacher's paid-once request cache and its spend journal live in the run directory."""
     from actors.student import StudentScorerActor
     from actors.teacher import TeacherPool
     from actors.trainer import TrainerGroup
@@ -41,11 +41,29 @@ def start_actors(config: RunConfig, run_dir: Path) -> Actors:
         max_restarts=config.student.max_restarts, max_task_retries=config.student.max_restarts,
     )
     return Actors(
-        teacher=TeacherPool(config.teacher, config.task.name, str(run_dir / "teacher_cache.sqlite")),
+        teacher=TeacherPool(config.teacher, config.task.name, str(run_dir / "teacher_cache.sqlite"),
+                            str(run_dir / TEACHER_JOURNAL)),
         student=student.remote(config.student, config.task.name),
         trainer=TrainerGroup(config.trainer, config.student.model),
         reward=start_reward_model(config),
     )
+
+
+TEACHER_JOURNAL = "teacher_journal.jsonl"  # the SpendJournal of teacher requests sent, in the run dir
+
+
+def preflight_teacher(config: RunConfig) -> None:
+    """Before any actor starts: an HTTP teacher must answer, accept the key and serve the model.
+
+    Raises:
+        actors.engines.openai_engine.TeacherUnreachable (a ConfigError: the CLI exits 2 with one line
+            naming the base URL without credentials).
+    """
+    oc = config.teacher.openai
+    if config.teacher.engine == "openai" and oc.preflight:
+        from actors.engines.openai_engine import preflight
+
+        preflight(oc)
 
 
 def start_reward_model(config: RunConfig):

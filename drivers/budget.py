@@ -1,8 +1,14 @@
 """The budget ledger: every teacher token, sample and accelerator-second, against hard limits.
 
-Requests are reserved at their worst case (prompt tokens + max_new_tokens) before they are sent and
-settled at the real count afterwards, so a limit is never overspent (DESIGN.md, compute-budget
-accounting). Pure logic, no Ray.
+Teacher spend counts what was *sent*, which is what a provider bills: the teacher journals a
+reservation (prompt tokens + max_new_tokens) before each request leaves and settles it at the
+answer's usage (actors/request_cache.SpendJournal); `reconcile_teacher` takes those figures, with any
+reservation left open by a crash charged in full. So after any crash the spend is >= what a provider
+billed. Before a call, `affordable_requests` admits only the requests whose full reservations fit in
+what is left, so a token or USD limit is not exceeded, crash or not, as long as the provider counts
+prompt tokens as our tokenizer does (its `usage` may differ by a few template tokens; the settle then
+takes the provider's count). Accelerator-seconds are charged after the work, so that limit stops the
+next iteration rather than the current one. Pure logic, no Ray.
 """
 from __future__ import annotations
 
@@ -132,8 +138,9 @@ class BudgetLedger:
         self.spent = Spent(**state) if state else Spent()
 
     def reconcile_teacher(self, paid: dict[str, int]) -> None:
-        """Set the teacher figures to what the paid-once cache holds: requests, input_tokens,
-        output_tokens of the distinct requests answered. The cache is written as answers arrive, so
+        """Set the teacher figures to what was sent: `paid` = requests, input_tokens, output_tokens
+        from the spend journal (actors.request_cache.journal_totals: settled requests at their usage,
+        open ones at their full reservation). The journal is written before each request leaves, so
         after a crash it knows spend the last saved ledger missed."""
         self.spent.teacher_requests = int(paid["requests"])
         self.spent.teacher_input_tokens = int(paid["input_tokens"])

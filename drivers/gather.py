@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from actors.engines import teacher_seed
 from drivers import judge
 from drivers.selection import get_strategy
 from drivers.signals import Signals
@@ -71,11 +72,12 @@ class SignalGatherer:
     def judge(self, seeds: pa.Table, predictions: pa.Table, t: int) -> tuple[judge.Verdicts | None, str]:
         """The teacher answers every seed, then judges both answers in both orders (greedy)."""
         rows, loop = seeds.to_pylist(), self.config.loop
-        answers, reason = self._ask_all(judge.teacher_answer_requests(self.task, rows, t), loop.seed + 7919 * (t + 1), None, None)
+        answers, reason = self._ask_all(judge.teacher_answer_requests(self.task, rows, t), teacher_seed(loop.seed, t, "judge-answer"), None, None)
         if reason:
             return None, reason
         requests = judge.judge_requests(rows, answers.column("text").to_pylist(), predictions.column("prediction").to_pylist(), t)
-        verdicts, reason = self._ask_all(requests, loop.seed, loop.judge_max_new_tokens, 0.0)
+        # Greedy: the teacher keys these with seed 0, so a repeated judge prompt is paid once per run.
+        verdicts, reason = self._ask_all(requests, teacher_seed(loop.seed, t, "judge"), loop.judge_max_new_tokens, 0.0)
         return (None, reason) if reason else (judge.parse_verdicts(verdicts, len(rows)), "")
 
     def _ask_all(self, requests: pa.Table, seed: int, max_new_tokens, temperature) -> tuple[pa.Table, str]:

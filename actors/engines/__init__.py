@@ -10,12 +10,13 @@ ENGINES = ("transformers", "programmatic", "vllm", "openai")
 
 def build_engine(
     engine: str, model, task_name: str, batch_size: int, device: str = "cpu",
-    vllm=None, openai=None, enable_lora: bool = False,
+    vllm=None, openai=None, enable_lora: bool = False, limits=None,
 ) -> Engine:
     """Instantiate the named engine inside an actor.
 
     vllm / openai: the section's VLLMConfig / OpenAIConfig (defaults when None); enable_lora: the vLLM
-    engine reserves LoRA slots (the student's set_adapter).
+    engine reserves LoRA slots (the student's set_adapter); limits: the pool's shared RPM/TPM limiter
+    for engine 'openai' (None: the engine's own, from the config).
 
     Raises:
         ValueError: unknown engine name (the valid ones are listed).
@@ -38,7 +39,7 @@ def build_engine(
         from actors.engines.openai_engine import OpenAIEngine
         from loopdistill.config import OpenAIConfig
 
-        return OpenAIEngine(model, openai or OpenAIConfig())
+        return OpenAIEngine(model, openai or OpenAIConfig(), limits=limits)
     raise ValueError(f"unknown engine {engine!r}; valid: {list(ENGINES)}")
 
 
@@ -56,4 +57,13 @@ def prompt_seeds(prompts: list[str], seed: int) -> list[int]:
     return out
 
 
-__all__ = ["ENGINES", "Engine", "Generation", "SamplingParams", "build_engine", "prompt_seeds"]
+def teacher_seed(*parts) -> int:
+    """The one derivation of teacher sampling seeds: a 31-bit int hashed from `parts`, in practice
+    (run seed, iteration, purpose) for a call and then (call seed, request_id) per request, i.e.
+    seed(run_seed, iteration, purpose, request_id). It depends on no batch, shard or replica count, so
+    a resumed run that splits the work differently asks for (and finds cached) the very same requests."""
+    digest = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+__all__ = ["ENGINES", "Engine", "Generation", "SamplingParams", "build_engine", "prompt_seeds", "teacher_seed"]

@@ -26,6 +26,7 @@ class Generation:
         log; empty unless `SamplingParams.logprobs`.
     token_spans: (start, end) character span of each generated token inside `text`, same length as
         token_logprobs (special tokens get an empty span at the end of the text).
+    truncated: the completion stopped at max_new_tokens (finish_reason "length"), not on EOS/stop.
     """
 
     text: str
@@ -33,6 +34,7 @@ class Generation:
     output_tokens: int
     token_logprobs: list[float] = field(default_factory=list)
     token_spans: list[tuple[int, int]] = field(default_factory=list)
+    truncated: bool = False
 
     def span_logprob(self, start: int, end: int) -> Optional[float]:
         """Summed log-probability of the tokens overlapping text[start:end], or None if none do."""
@@ -43,10 +45,18 @@ class Generation:
 
 
 class Engine(Protocol):
-    """A generation back end living inside one actor."""
+    """A generation back end living inside one actor.
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
-        """Complete each user prompt (the engine applies the chat template), in order."""
+    Engines that can hand back each answer as it finishes (vLLM, HTTP) also have
+    `stream(prompts, params, seeds) -> Iterator[(index, Generation | Exception)]`: every prompt is
+    submitted at once and each result is yielded the moment it is done, in completion order; an
+    Exception marks a request that failed for good (the others go on). The teacher persists each one
+    as it comes, so a crash loses no answer that had arrived.
+    """
+
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: Optional[list[int]] = None) -> list[Generation]:
+        """Complete each user prompt (the engine applies the chat template), in order. seeds: one
+        sampling seed per prompt (the teacher's per-request seeds); None = derived from params.seed."""
 
     def count_tokens(self, prompts: list[str]) -> list[int]:
         """Tokens each prompt costs as input, chat template included."""

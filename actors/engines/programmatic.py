@@ -37,15 +37,17 @@ class ProgrammaticEngine:
     def count_tokens(self, prompts: list[str]) -> list[int]:
         return [self._count(format_prompt(self.tokenizer, p, self.config.use_chat_template)) for p in prompts]
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int] | None = None) -> list[Generation]:
+        """seeds: one per prompt (the teacher's per-request seeds); None: params.seed for all."""
         inputs = self.count_tokens(prompts)
+        seeds = list(seeds) if seeds is not None else [params.seed] * len(prompts)
         out = []
-        for prompt, n_in in zip(prompts, inputs):
+        for prompt, n_in, seed in zip(prompts, inputs, seeds):
             # One random stream per (seed, prompt): the answer does not depend on which other prompts
             # share the batch, so a retried or resumed request gets exactly the answer it would have.
             if is_judge_prompt(prompt):
                 text = verifier_verdict(self.task, prompt)
             else:
-                text = self.task.programmatic_teacher(prompt, random.Random(f"{params.seed}\n{prompt}"))
+                text = self.task.programmatic_teacher(prompt, random.Random(f"{seed}\n{prompt}"))
             out.append(Generation(text=text, input_tokens=n_in, output_tokens=self._count(text)))
         return out

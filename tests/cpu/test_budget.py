@@ -61,3 +61,17 @@ def test_rejection_sampling_counts_generated_and_kept_answers():
     del old["teacher_answers"]  # a state.json written before this field existed still loads
     restored.restore(old)
     assert restored.metrics()["budget/teacher_answers"] == 0
+
+
+def test_ledger_takes_spend_from_the_journal_with_open_reservations_in_full(tmp_path):
+    """After a crash with requests in flight, the ledger's spend covers them at their reservation, and
+    what is still affordable shrinks accordingly (a hard limit holds across the crash)."""
+    from actors.request_cache import SpendJournal, journal_totals
+
+    journal = SpendJournal(tmp_path / "j.jsonl")
+    done, in_flight = journal.reserve([(10, 50), (10, 50)])
+    journal.settle([(done, 10, 5)])
+    ledger = BudgetLedger(BudgetConfig(teacher_output_tokens=120))
+    ledger.reconcile_teacher(journal_totals(tmp_path / "j.jsonl"))
+    assert (ledger.spent.teacher_requests, ledger.spent.teacher_input_tokens, ledger.spent.teacher_output_tokens) == (2, 20, 55)
+    assert ledger.affordable_requests([10, 10], 50) == 1  # 55 + 50 <= 120 < 55 + 100

@@ -50,6 +50,115 @@ def test_backoff_is_exponential_with_jitter_and_capped():
     assert parse_retry_after("3") == 3.0 and parse_retry_after("Wed, 21 Oct") is None
 
 
+def test_retry_after_as_an_http_date():
+    from email.utils import format_datetime
+    from datetime import datetime, timezone
+
+    now = 1_795_000_000.0
+    header = format_datetime(datetime.fromtimestamp(now + 7, timezone.utc), usegmt=True)  # "Fri, ... GMT"
+    assert parse_retry_after(header, now=now) == pytest.approx(7.0)
+    assert parse_retry_after(header, now=now + 60) == 0.0  # a date in the past: retry now
+
+
+def test_urls_in_messages_carry_no_credentials():
+    from actors.engines.openai_engine import redact_url
+
+    assert redact_url("https://user:s3cret@api.example.com:8443/v1") == "https://api.example.com:8443/v1"
+    assert redact_url("http://127.0.0.1:8000/v1") == "http://127.0.0.1:8000/v1"
+
+
+def test_max_completion_tokens_switch_and_length_finish_is_truncated(tiny_model):
+    """Reasoning models reject max_tokens: the config picks the field; finish_reason "length" marks
+    the answer truncated (in-process transport: what the request body holds is our side)."""
+    bodies = []
+
+    def handler(request):
+        bodies.append(__import__("json").loads(request.content))
+        return httpx.Response(200, json={"choices": [{"message": {"content": "cut"}, "finish_reason": "length"}],
+                                         "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
+
+    eng = OpenAIEngine(ModelConfig(path=tiny_model), OpenAIConfig(max_tokens_field="max_completion_tokens"),
+                       transport=httpx.MockTransport(handler))
+    gen = eng.generate(["x"], SamplingParams(max_new_tokens=4))[0]
+    assert bodies[0]["max_completion_tokens"] == 4 and "max_tokens" not in bodies[0]
+    assert gen.truncated
+    eng = OpenAIEngine(ModelConfig(path=tiny_model), OpenAIConfig(), transport=httpx.MockTransport(handler))
+    eng.generate(["x"], SamplingParams(max_new_tokens=4))
+    assert bodies[1]["max_tokens"] == 4 and "max_completion_tokens" not in bodies[1]
+
+
+def test_preflight_names_the_problem_and_the_url_without_credentials(monkeypatch):
+    from actors.engines.openai_engine import TeacherUnreachable, preflight
+
+    def server(status, models=("m",)):
+        return httpx.MockTransport(lambda r: httpx.Response(status, json={"data": [{"id": m} for m in models]}))
+
+    cfg = OpenAIConfig(base_url="https://bob:hunter2@api.example.com/v1", model="m")
+    preflight(cfg, transport=server(200))  # fine
+    preflight(cfg, transport=server(404))  # no model list: the first request decides
+    for status in (401, 403):
+        with pytest.raises(TeacherUnreachable, match=f"https://api.example.com/v1 refused the API key.*HTTP {status}") as err:
+            preflight(cfg, transport=server(status))
+        assert "hunter2" not in str(err.value) and "bob" not in str(err.value)
+    with pytest.raises(TeacherUnreachable, match="'m' is not served at https://api.example.com/v1"):
+        preflight(cfg, transport=server(200, models=("other",)))
+    port = free_port()  # nobody listens: a real refused connection
+    with pytest.raises(TeacherUnreachable, match=f"http://127.0.0.1:{port}/v1 is unreachable: ConnectError"):
+        preflight(OpenAIConfig(base_url=f"http://u:p@127.0.0.1:{port}/v1", timeout_s=5))
+
+
+def test_unreachable_teacher_stops_the_cli_with_exit_2_before_anything_starts(tmp_path, shared_data):
+    """End to end: `loopdistill run` with an HTTP teacher nobody serves exits 2 with one line naming the
+    base URL without its credentials, and creates no run directory."""
+    import yaml
+
+    from loop_helpers import tiny_config
+
+    port = free_port()
+    cfg = tiny_config(tmp_path, shared_data, "unreachable", teacher={
+        "engine": "openai", "model": {"path": "tiny-random-llama"},
+        "openai": {"base_url": f"http://alice:pw123@127.0.0.1:{port}/v1", "model": "m", "timeout_s": 5}})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-m", "drivers.cli", "run", str(path)], cwd=repo, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=repo))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: teacher.openai.base_url http://127.0.0.1:{port}/v1 is unreachable: ConnectError"]
+    assert "pw123" not in proc.stderr + proc.stdout
+    assert not list((tmp_path / "unreachable").glob("*/config.json"))
+
+
+def test_http_engine_keeps_max_concurrency_in_flight_without_waves(tiny_model, tmp_path):
+    """Against the logging test server (fast and slow requests): a new request leaves as soon as any
+    one returns, before the slowest of the first ones finishes; never more than max_concurrency open;
+    answers come back in completion order."""
+    from test_paid_once import SERVED as PAID_SERVED, TeacherServer, get_prompts
+
+    srv = TeacherServer(tmp_path / "log.jsonl", tokenizer_path=tiny_model)
+    try:
+        eng = OpenAIEngine(ModelConfig(path=tiny_model), OpenAIConfig(base_url=srv.base_url, model=PAID_SERVED,
+                                                                       api_key_env=None, max_concurrency=3))
+        prompts = get_prompts(9)
+        order = [i for i, _ in eng.stream(prompts, SamplingParams(max_new_tokens=16, temperature=0.7))]
+    finally:
+        srv.stop()
+    events = srv.snapshot()
+    open_now, most = 0, 0
+    for e in events:
+        open_now += 1 if e["event"] == "arrive" else -1
+        most = max(most, open_now)
+    assert most == 3
+    arrive = {e["key"]: e["t"] for e in events if e["event"] == "arrive"}
+    done = {e["key"]: e["t"] for e in events if e["event"] == "complete"}
+    keys = sorted(arrive, key=arrive.get)
+    # Waves of 3 would send request 4 only after all of the first 3 returned; here a later request
+    # leaves while one of the first three, slow, is still open.
+    assert any(arrive[k2] > arrive[k1] + 0.5 and arrive[k2] < done[k1] for k1 in keys[:3] for k2 in keys[3:])
+    assert sorted(order) == list(range(9)) and order != list(range(9))  # completion order, not prompt order
+
+
 def test_retryable_statuses():
     assert all(is_retryable_status(s) for s in (429, 500, 502, 503, 504, 408))
     assert not any(is_retryable_status(s) for s in (400, 401, 403, 404, 422))
@@ -272,3 +381,51 @@ def test_teacher_actor_answers_requests_over_http(ready, tiny_model, ray_local, 
     assert first.column("input_tokens").to_pylist() == counts
     assert not any(first.column("cached").to_pylist()) and all(second.column("cached").to_pylist())
     assert second.column("text").to_pylist() == first.column("text").to_pylist()
+
+
+def test_a_request_failing_for_good_keeps_the_answers_around_it(tiny_model, tmp_path):
+    """TeacherActor over HTTP: one request the server refuses (HTTP 400) is counted as failed and
+    answered empty; the others are answered, cached and settled; the refused one is not charged."""
+    from actors.request_cache import journal_totals
+    from actors.teacher import TeacherActor
+    from loopdistill.schemas import TEACHER_REQUESTS, make_table
+    from test_paid_once import SERVED as PAID_SERVED, TeacherServer, get_prompts
+
+    srv = TeacherServer(tmp_path / "log.jsonl", tokenizer_path=tiny_model)
+    try:
+        config = TeacherConfig(engine="openai", model=ModelConfig(path=tiny_model), max_new_tokens=16,
+                               openai=OpenAIConfig(base_url=srv.base_url, model=PAID_SERVED, api_key_env=None, max_retries=1))
+        prompts = get_prompts(3) + ["REJECT this one"]
+        requests = make_table(TEACHER_REQUESTS, [{"request_id": f"r{i}", "prompt": p} for i, p in enumerate(prompts)])
+        teacher = TeacherActor(config, "game24", str(tmp_path / "cache.sqlite"), str(tmp_path / "journal.jsonl"))
+        out = teacher.generate(requests, seed=1)
+    finally:
+        srv.stop()
+    texts = out.column("text").to_pylist()
+    assert all(texts[:3]) and texts[3] == "" and teacher.stats()["teacher/failed_requests"] == 1
+    assert teacher.cache.stats()["requests"] == 3
+    billed = [e for e in srv.snapshot() if e["event"] == "complete"]
+    assert len(billed) == 3 and sum(e["event"] == "rejected" for e in srv.snapshot()) == 1  # 400: not retried
+    totals = journal_totals(tmp_path / "journal.jsonl")
+    assert totals["requests"] == 3 and totals["open"] == 0
+    assert totals["output_tokens"] == sum(e["output_tokens"] for e in billed)
+    assert totals["input_tokens"] == sum(e["input_tokens"] for e in billed)
+
+
+def test_replicas_share_one_rate_limit(ray_local):
+    """RPM is the provider's limit for the key: two replicas' clients draw from one bucket, so the
+    second client's request waits behind the first's (split limits would let both go at once)."""
+    from actors.rate_limiter import SharedLimits, start_limiter
+
+    handle = start_limiter(60, None)  # 1 request per second, bucket of 60
+    a, b = SharedLimits(handle), SharedLimits(handle)
+    waits = [ray_local.get(handle.reserve.remote(0)) for _ in range(60)]
+    assert max(waits) == 0.0  # a full bucket
+    first = ray_local.get(handle.reserve.remote(0))
+    second = ray_local.get(handle.reserve.remote(0))
+    assert first == pytest.approx(1.0, abs=0.2) and second == pytest.approx(2.0, abs=0.2)
+    start = time.perf_counter()
+    b.acquire(0)  # queued behind the two promised above: ~3 s
+    assert time.perf_counter() - start == pytest.approx(3.0, abs=0.4) and b.waited_s > 2.5
+    assert a.waited_s == 0.0
+    ray_local.kill(handle)

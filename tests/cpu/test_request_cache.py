@@ -65,3 +65,77 @@ def test_http_teacher_answers_are_cached_per_server_and_remote_model():
     assert a != namespace(base_url="http://a:8000/v1", model="m2")
     local = TeacherActor.cache_namespace(SimpleNamespace(config=TeacherConfig(engine="transformers")))
     assert local == "smollm2|transformers"  # unchanged for local engines: earlier caches stay valid
+
+
+# --- the spend journal: what was sent, not what the cache holds --------------------------------------
+def test_journal_settles_at_usage_and_charges_open_reservations_in_full(tmp_path):
+    from actors.request_cache import SpendJournal, journal_totals
+
+    path = tmp_path / "run" / "journal.jsonl"
+    journal = SpendJournal(path)
+    a, b, c, d = journal.reserve([(10, 100), (20, 100), (30, 100), (40, 100)])
+    journal.settle([(a, 11, 7)])  # answered: its usage
+    journal.release([c])  # the server said 429: nothing generated, nothing billed
+    journal.fail([d])  # failed for good (e.g. timed out): the provider may have billed it
+    journal.close()
+    # b is still open, as after a crash with it in flight: charged in full
+    assert journal_totals(path) == {"requests": 3, "input_tokens": 11 + 20 + 40, "output_tokens": 7 + 100 + 100,
+                                    "open": 1, "failed": 1}
+    with open(path, "a") as f:
+        f.write('{"op": "reserve", "id": "torn", "input_to')  # the writer died mid-line, before sending
+    assert journal_totals(path)["requests"] == 3
+    assert journal_totals(tmp_path / "none.jsonl") == {"requests": 0, "input_tokens": 0, "output_tokens": 0, "open": 0, "failed": 0}
+
+
+def test_journal_is_shared_by_concurrent_writers(tmp_path):
+    """Many threads reserving and settling at once (the HTTP engine's workers): no line lost or torn."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from actors.request_cache import SpendJournal, journal_totals
+
+    journal = SpendJournal(tmp_path / "j.jsonl")
+
+    def one(i):
+        (rid,) = journal.reserve([(i, 50)])
+        journal.settle([(rid, i, 1)])
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(one, range(200)))
+    assert journal_totals(tmp_path / "j.jsonl") == {"requests": 200, "input_tokens": sum(range(200)), "output_tokens": 200,
+                                                    "open": 0, "failed": 0}
+
+
+def test_teacher_actor_journals_what_it_sends_and_seeds_per_request(tmp_path):
+    """Per-request seeds do not depend on how requests are batched or sharded: a call split in two
+    finds every answer of the whole call cached, and nothing more is sent (the journal counts sends)."""
+    from actors.request_cache import journal_totals
+    from actors.teacher import TeacherActor
+    from loopdistill.config import TeacherConfig
+    from loopdistill.schemas import TEACHER_REQUESTS, make_table
+
+    config = TeacherConfig(engine="programmatic", model={"path": "tiny-random-llama"}, batch_size=2)
+    prompts = [get_prompt(n) for n in ([1, 1, 4, 6], [2, 3, 4, 12], [4, 9, 10, 13], [1, 2, 3, 4])]
+    requests = make_table(TEACHER_REQUESTS, [{"request_id": f"r{i}", "prompt": p} for i, p in enumerate(prompts)])
+    journal = tmp_path / "journal.jsonl"
+    whole = TeacherActor(config, "game24", str(tmp_path / "cache.sqlite"), str(journal)).generate(requests, seed=5)
+    assert journal_totals(journal)["requests"] == 4
+    other = TeacherActor(config.model_copy(update={"batch_size": 3}), "game24", str(tmp_path / "cache.sqlite"), str(journal))
+    halves = [other.generate(requests.slice(0, 1), seed=5), other.generate(requests.slice(1), seed=5)]
+    assert all(all(h.column("cached").to_pylist()) for h in halves)
+    assert [t for h in halves for t in h.column("text").to_pylist()] == whole.column("text").to_pylist()
+    totals = journal_totals(journal)
+    assert totals["requests"] == 4 and totals["open"] == 0
+    assert totals["output_tokens"] == sum(whole.column("output_tokens").to_pylist())
+    # a different call seed is a different request
+    assert not any(other.generate(requests.slice(0, 1), seed=6).column("cached").to_pylist())
+
+
+def test_a_run_directory_from_before_journals_keeps_its_spend(tmp_path):
+    from actors.request_cache import SpendJournal, journal_totals
+
+    cache = RequestCache(tmp_path / "cache.sqlite")
+    cache.put_many([("k1", Generation("a", 3, 4)), ("k2", Generation("b", 5, 6))])
+    journal = SpendJournal(tmp_path / "journal.jsonl")
+    journal.carry_over(cache.stats())
+    (rid,) = journal.reserve([(7, 10)])  # one more request sent after the resume, still open
+    assert journal_totals(tmp_path / "journal.jsonl") == {"requests": 3, "input_tokens": 15, "output_tokens": 20, "open": 1, "failed": 0}

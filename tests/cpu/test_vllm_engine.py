@@ -225,3 +225,56 @@ def test_completion_is_shortened_to_fit_max_model_len(engine):
     prompt_tokens = engine.count_tokens(PROMPTS[:1])[0]
     gen = engine.generate(PROMPTS[:1], SamplingParams(max_new_tokens=CPU_VLLM.max_model_len + 100))[0]
     assert gen.output_tokens <= CPU_VLLM.max_model_len - prompt_tokens
+
+
+def test_stream_is_one_engine_batch_handing_back_each_request_as_it_finishes(engine):
+    """The teacher's path: every prompt is added to the engine before the first step (one batch), and
+    each request is handed back (and told to the send log) the moment it finishes, with the same
+    samples as one `generate` call with the same per-request seeds. Each completion is cut to fit
+    max_model_len after its prompt, so prompts of different lengths finish at different steps."""
+    events = []
+
+    class Log:
+        def sent_many(self, input_tokens):
+            events.append(("sent", len(input_tokens), engine.llm.llm_engine.get_num_unfinished_requests()
+                           if hasattr(engine.llm.llm_engine, "get_num_unfinished_requests") else 0))
+            return list(range(len(input_tokens)))
+
+        def answered(self, token, n_in, n_out):
+            events.append(("answered", token, engine.llm.llm_engine.has_unfinished_requests()))
+
+    prompts = PROMPTS * 3
+    seeds = list(range(100, 100 + len(prompts)))
+    params = SamplingParams(max_new_tokens=CPU_VLLM.max_model_len, temperature=0.9)
+    streamed = {}
+    for i, gen in engine.stream(prompts, params, seeds, log=Log()):
+        streamed[i] = gen
+    assert events[0][:2] == ("sent", len(prompts)) and len(events) == 1 + len(prompts)
+    assert sorted(streamed) == list(range(len(prompts)))
+    assert any(still_running for _, _, still_running in events[1:-1])  # handed back while others ran
+    batch = engine.generate(prompts, params, seeds)
+    assert [streamed[i].text for i in range(len(prompts))] == [g.text for g in batch]
+    assert [streamed[i].input_tokens for i in range(len(prompts))] == engine.count_tokens(prompts)
+    assert not engine.llm.llm_engine.has_unfinished_requests()
+
+
+def test_vllm_engine_sets_the_spawn_start_method(tiny_model, monkeypatch):
+    """vLLM's workers must start with spawn in any process (a forked child of a CUDA or threaded
+    parent hangs at start); the engine sets it before building vllm.LLM unless the environment chose."""
+    import os
+
+    vllm = pytest.importorskip("vllm")
+    from actors.engines.vllm_engine import VLLMEngine
+
+    seen = []
+
+    class Probe:  # records the environment vLLM would start its workers with
+        def __init__(self, **kwargs):
+            seen.append(os.environ.get("VLLM_WORKER_MULTIPROC_METHOD"))
+
+    monkeypatch.setattr(vllm, "LLM", Probe)
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    VLLMEngine(ModelConfig(path=tiny_model), CPU_VLLM)
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "fork")
+    VLLMEngine(ModelConfig(path=tiny_model), CPU_VLLM)
+    assert seen == ["spawn", "fork"]
