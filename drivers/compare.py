@@ -2,6 +2,10 @@
 experiment (side by side in the MLflow UI), and a table of their final figures.
 
 `loopdistill compare --strategies loss_high,random CONFIG [section.key=value ...]`
+
+Runs one after another, one seed each: a quick look. For replicates with standard errors, runs spread
+over the cluster's GPUs and the paper's win matrix and data ratio, use `loopdistill study`
+(drivers/study.py).
 """
 from __future__ import annotations
 
@@ -49,7 +53,11 @@ def compare(config_path: str, strategies: list[str], overrides: list[str]) -> li
             log.exception("strategy %s failed; its run is marked FAILED in MLflow, going on", strategy)
             rows.append({"strategy": strategy, "run_id": None, "stop_reason": f"failed: {type(err).__name__}: {err}"[:200]})
             continue
-        metrics = MlflowClient(tracking_uri(config.tracking)).get_run(summary.mlflow_run_id).data.metrics
+        client = MlflowClient(tracking_uri(config.tracking))
+        metrics = dict(client.get_run(summary.mlflow_run_id).data.metrics)
+        # The baseline is step 0 of the eval/ curves (drivers/loop.py); the table shows it as its own column.
+        at_zero = [m.value for m in client.get_metric_history(summary.mlflow_run_id, "eval/test_accuracy") if m.step == 0]
+        metrics["baseline/test_accuracy"] = at_zero[0] if at_zero else None
         row = {"strategy": strategy, "run_id": summary.mlflow_run_id, "stop_reason": summary.stop_reason}
         row.update({key: metrics.get(key) for _, key, _ in COLUMNS})
         rows.append(row)
