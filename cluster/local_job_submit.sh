@@ -2,13 +2,15 @@
 # Runs a config through `ray job submit` against a local Ray head on 127.0.0.1, the same way a user
 # submits to a real cluster, then stops that head (only it: other Ray instances on the machine live on).
 #   bash cluster/local_job_submit.sh configs/quickstart.yaml [section.key=value ...]
-# Data and MLflow paths are passed as absolute paths: a submitted job runs in a copy of the working dir.
+# The MLflow path (and a data file, LOOPDISTILL_DATA_PATH=FILE) are passed as absolute paths: a submitted
+# job runs in a copy of the working dir. The quickstart generates its data, so it needs none.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config=${1:?usage: $0 CONFIG [overrides...]}; shift
 port=${RAY_PORT:-6390}; dash=${RAY_DASHBOARD_PORT:-8290}
 agent=${RAY_AGENT_PORT:-$((dash + 1))}  # not Ray's fixed default 52365, which another local Ray may hold
-data=${LOOPDISTILL_DATA:-$(cd .. && pwd)/shared/data}
+data_override=()
+[ -z "${LOOPDISTILL_DATA_PATH:-}" ] || data_override=("task.data_path=$LOOPDISTILL_DATA_PATH")
 # Ray's token authentication: the head and `ray job submit` both read ~/.ray/auth_token.
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 [ "$RAY_AUTH_MODE" != token ] || [ -s "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" ] || ray get-auth-token --generate >/dev/null
@@ -26,7 +28,7 @@ done
 submit() {
   RAY_ADDRESS="http://127.0.0.1:$dash" ray job submit --runtime-env cluster/runtime_env.yaml --working-dir . -- \
     python -m drivers.cli run "$config" \
-    "task.data_path=$data/game24/24.csv" "tracking.output_dir=$PWD/runs" "$@"
+    "${data_override[@]}" "tracking.output_dir=$PWD/runs" "$@"
 }
 # A fresh head answers HTTP before its job agent is up ("No available agent"): submit again then.
 for _ in $(seq 20); do

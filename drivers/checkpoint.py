@@ -20,6 +20,14 @@ class ResumeError(RuntimeError):
     """A run directory cannot be resumed (missing or unreadable state; the path is named)."""
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a run; `run_dir` is the directory `run --resume` continues."""
+
+    def __init__(self, run_dir: str):
+        super().__init__(run_dir)
+        self.run_dir = run_dir
+
+
 @dataclass
 class RunState:
     mlflow_run_id: str
@@ -27,10 +35,23 @@ class RunState:
     stages_done: list[str] = field(default_factory=list)  # of `iteration`
     partial_metrics: dict[str, float] = field(default_factory=dict)  # of `iteration`
     baseline_done: bool = False
+    baseline: dict[str, float] = field(default_factory=dict)  # eval/* figures before any training
     adapter_dir: Optional[str] = None
     ledger: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
     stop_reason: str = ""
+    # The calibration gate (drivers/gating.py): the last accepted iteration (-1 = the untrained
+    # baseline), its adapter and validation metrics; iterations whose synthetic rows are excluded from
+    # training (rolled back); the training set's current synthetic fraction (None = the config's);
+    # every decision taken (a dict per decision, in order); and a gate/forecast stop that a resume
+    # must honour instead of running on.
+    accepted_iteration: int = -1
+    accepted_adapter: Optional[str] = None
+    accepted_metrics: dict[str, float] = field(default_factory=dict)
+    excluded_iterations: list[int] = field(default_factory=list)
+    synthetic_fraction: Optional[float] = None
+    gate_decisions: list[dict] = field(default_factory=list)
+    halt_reason: str = ""
 
     def save(self, run_dir: Path) -> None:
         """Write state.json atomically (a crash leaves the previous or the new file, never half)."""
@@ -48,8 +69,8 @@ class RunState:
             raise ResumeError(f"cannot resume {run_dir}: no {STATE_FILE} (not a run directory, or it failed before starting)")
         try:
             return cls(**json.loads(path.read_text()))
-        except (json.JSONDecodeError, TypeError) as err:
-            raise ResumeError(f"cannot resume {run_dir}: {path} is unreadable ({err})") from None
+        except (OSError, ValueError, TypeError) as err:  # ValueError: JSON or its UTF-8; TypeError: wrong fields
+            raise ResumeError(f"cannot resume {run_dir}: {path} is unreadable ({str(err).splitlines()[0]})") from None
 
     def complete_stage(self, stage: str, metrics: dict[str, float]) -> None:
         self.stages_done.append(stage)

@@ -1,11 +1,25 @@
 """MLflow tracking: one run per experiment; only the driver writes to it.
 
-Default store: a SQLite file under the output directory (embedded, no server), artifacts beside it;
-MLFLOW_TRACKING_URI (or tracking.tracking_uri) points at a server instead.
+Default store: a SQLite file under the output directory (embedded, no server), artifacts beside it in
+`<output_dir>/mlartifacts`; MLFLOW_TRACKING_URI (or tracking.tracking_uri) points at a server instead.
+
+MLflow stores a local artifact location as an absolute path. A `runs/` folder copied to another machine
+(or path) is made whole again by `python -m drivers.tracking relocate RUNS_DIR` (run once after copying;
+any later loopdistill run on that folder also does it): it points the store's experiments and runs at
+`RUNS_DIR/mlartifacts`. With a tracking server (`mlflow server --artifacts-destination DIR`, see
+cluster/mlflow.yaml) the store holds `mlflow-artifacts:/` URIs relative to DIR, so a copy of the
+server's volume opens as it is.
+
+Everything logged passes through loopdistill.secrets.redact (URL credentials become '***').
 """
 from __future__ import annotations
 
+import getpass
 import os
+import shlex
+import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -14,6 +28,12 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from loopdistill.config import RunConfig, TrackingConfig
+from loopdistill.secrets import redact
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# MLflow 3 opens an experiment without this tag on its GenAI (traces) page; this value selects the
+# classic runs table with metrics and charts.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def tracking_uri(config: TrackingConfig) -> str:
@@ -24,18 +44,84 @@ def tracking_uri(config: TrackingConfig) -> str:
         return os.environ["MLFLOW_TRACKING_URI"]
     root = Path(config.output_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
+    relocate(root)
     return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def relocate(runs_dir: str | Path) -> int:
+    """Point the local store `runs_dir/mlflow.db` at `runs_dir/mlartifacts` when its artifact
+    locations name another folder's: the folder was copied or moved (each copy keeps to its own
+    artifacts). Returns the number of experiments rewritten (0: nothing to do, or no store there)."""
+    root = Path(runs_dir).resolve()
+    db, here = root / "mlflow.db", (root / "mlartifacts").as_uri()
+    if not db.is_file():
+        return 0
+    with sqlite3.connect(db) as conn:
+        try:
+            rows = conn.execute("select experiment_id, artifact_location from experiments").fetchall()
+        except sqlite3.OperationalError:  # a store MLflow has not initialised yet
+            return 0
+        changed = 0
+        for experiment_id, location in rows:
+            if not location or not location.startswith("file://") or "/mlartifacts" not in location:
+                continue
+            old_root = location[: location.rindex("/mlartifacts")] + "/mlartifacts"
+            if old_root == here:
+                continue
+            conn.execute("update experiments set artifact_location = replace(artifact_location, ?, ?) where experiment_id = ?", (old_root, here, experiment_id))
+            conn.execute("update runs set artifact_uri = replace(artifact_uri, ?, ?) where experiment_id = ?", (old_root, here, experiment_id))
+            changed += 1
+    return changed
 
 
 def _experiment_id(client: MlflowClient, config: TrackingConfig, uri: str) -> str:
     found = client.get_experiment_by_name(config.experiment)
     if found is not None:
+        if found.tags.get("mlflow.experimentKind") is None:
+            client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
         return found.experiment_id
     location = None
     if uri.startswith("sqlite:"):
         # Without this MLflow puts artifacts under ./mlruns of whatever directory the driver runs in.
         location = (Path(config.output_dir).resolve() / "mlartifacts").as_uri()
-    return client.create_experiment(config.experiment, artifact_location=location)
+    return client.create_experiment(config.experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+
+
+def git_commit() -> Optional[str]:
+    """The checkout's HEAD commit (with '-dirty' when tracked files changed), else
+    $LOOPDISTILL_GIT_COMMIT (a submitted job's working dir has no .git), else None."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+            return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return os.environ.get("LOOPDISTILL_GIT_COMMIT") or None
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's system tags for where a run came from: the command line (redacted), the git commit."""
+    program = "python -m drivers.cli" if sys.argv[0].endswith("drivers/cli.py") else Path(sys.argv[0]).name
+    command = redact(" ".join([program, shlex.join(sys.argv[1:])]))
+    tags = {"mlflow.source.name": command[:500], "mlflow.source.type": "LOCAL", "mlflow.user": _user()}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git_commit"] = commit
+    return tags
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry for the uid (containers)
+        return str(os.getuid())
+
+
+def parent_tag(config: TrackingConfig) -> dict[str, str]:
+    """MLflow's nesting tag when the run belongs to a study's parent run (tracking.parent_run_id)."""
+    return {"mlflow.parentRunId": config.parent_run_id} if config.parent_run_id else {}
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -71,17 +157,21 @@ class Tracker:
             self.client.update_run(self.resume_id, status="RUNNING")
             self.client.set_tag(self.resume_id, "resumed", "true")
             return self
-        self.run = self.client.create_run(self.experiment_id, run_name=self.run_name)
-        params = [Param(k, str(v)) for k, v in flatten(self.config.model_dump(mode="json")).items()]
+        self.run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags={**source_tags(), "run_dir": str(self.run_dir), **parent_tag(self.config.tracking)})
+        params = [Param(k, str(v)) for k, v in flatten(redact(self.config.model_dump(mode="json"))).items()]
         for start in range(0, len(params), 100):  # MLflow's per-batch limit on params
             self.client.log_batch(self.run_id, params=params[start : start + 100])
-        self.client.set_tag(self.run_id, "run_dir", str(self.run_dir))
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc is not None:
-            self.client.set_tag(self.run_id, "error", f"{exc_type.__name__}: {exc}"[:4000])
-        self.client.set_terminated(self.run_id, status="FAILED" if exc is not None else "FINISHED")
+        """FINISHED; KILLED on Ctrl-C (KeyboardInterrupt); FAILED with an `error` tag otherwise."""
+        status = "FINISHED"
+        if exc is not None and isinstance(exc, KeyboardInterrupt):
+            status = "KILLED"
+        elif exc is not None:
+            status = "FAILED"
+            self.client.set_tag(self.run_id, "error", redact(f"{exc_type.__name__}: {exc}")[:4000])
+        self.client.set_terminated(self.run_id, status=status)
 
     @property
     def run_id(self) -> str:
@@ -92,8 +182,35 @@ class Tracker:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
         self.client.log_batch(self.run_id, metrics=batch)
 
+    def log_series(self, key: str, values: list[float], first_step: int = 0) -> None:
+        """One metric with one point per element, steps first_step, first_step + 1, ... (e.g. the
+        trainer's loss per optimizer step)."""
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(v), now, first_step + i) for i, v in enumerate(values)]
+        for start in range(0, len(batch), 1000):  # MLflow's per-batch limit on metrics
+            self.client.log_batch(self.run_id, metrics=batch[start : start + 1000])
+
     def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path=artifact_path)
 
+    def log_artifact(self, local_file: Path, artifact_path: Optional[str] = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_file), artifact_path=artifact_path)
+
+    def log_figure(self, figure, artifact_file: str) -> None:
+        """Save a matplotlib figure as the artifact `artifact_file` (e.g. "plots/iter_01/forecast.png")
+        and close it (figures otherwise accumulate in pyplot's registry)."""
+        import matplotlib.pyplot as plt
+
+        try:
+            self.client.log_figure(self.run_id, figure, artifact_file)
+        finally:
+            plt.close(figure)
+
     def set_tags(self, tags: dict[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.client.log_batch(self.run_id, tags=[RunTag(k, redact(str(v))) for k, v in tags.items()])
+
+
+if __name__ == "__main__":  # python -m drivers.tracking relocate RUNS_DIR
+    if len(sys.argv) != 3 or sys.argv[1] != "relocate":
+        sys.exit("usage: python -m drivers.tracking relocate RUNS_DIR")
+    print(f"{relocate(sys.argv[2])} experiment(s) now point at {Path(sys.argv[2]).resolve() / 'mlartifacts'}")

@@ -58,7 +58,7 @@ def test_empty_seed_pool_and_duplicate_ids_are_named(tmp_path, monkeypatch):
     from loopdistill.schemas import SEEDS, make_table
     from tasks import DataError, Splits, get_task
 
-    config = load_config(QUICKSTART)
+    config = load_config(QUICKSTART, ["task.name=game24"])
     row = {"id": "dup-1", "question": "q", "answer": "a", "reference": "1 2 3 4"}
     task = get_task("game24")
     monkeypatch.setattr(task, "load_splits", lambda *a: Splits(make_table(SEEDS, [row]), make_table(SEEDS, [row]), make_table(SEEDS, [])))
@@ -72,3 +72,157 @@ def test_empty_seed_pool_and_duplicate_ids_are_named(tmp_path, monkeypatch):
 def test_compare_checks_every_strategy_before_running_any(capsys):
     assert main(["compare", "--strategies", "loss_high,nope", QUICKSTART, "loop.iterations=1"]) == 2
     assert "unknown strategy 'nope'" in capsys.readouterr().err
+
+
+# --- resume, interrupt, run directories, settings that must fit the model -------------------------
+import json  # noqa: E402
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+
+def _run_dir_with(tmp_path, state_text=None, config_text=None) -> Path:
+    """A run directory as `run` leaves it (config.json, state.json), with either file replaceable."""
+    from drivers.checkpoint import RunState
+    from loopdistill.config import dump_config, load_config
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(config_text if config_text is not None else dump_config(load_config(QUICKSTART)))
+    RunState(mlflow_run_id="0" * 32).save(run_dir)
+    if state_text is not None:
+        (run_dir / "state.json").write_text(state_text)
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("missing_dir", "no such directory"),
+        ("not_a_run", "state.json"),
+        ("corrupt_config", "config.json is unreadable"),
+        ("config_not_a_mapping", "config.json is unreadable"),
+        ("corrupt_state", "state.json is unreadable"),
+        ("state_with_wrong_fields", "state.json is unreadable"),
+        ("config_with_bad_field", "trainer.epochs"),
+    ],
+)
+def test_every_bad_resume_exits_2_with_one_line(tmp_path, capsys, case, expected):
+    import ray
+
+    run_dir = {
+        "missing_dir": lambda: tmp_path / "nope",
+        "not_a_run": lambda: tmp_path,
+        "corrupt_config": lambda: _run_dir_with(tmp_path, config_text='{"task": {"name": "game24"'),
+        "config_not_a_mapping": lambda: _run_dir_with(tmp_path, config_text="[1, 2]"),
+        "corrupt_state": lambda: _run_dir_with(tmp_path, state_text="{not json"),
+        "state_with_wrong_fields": lambda: _run_dir_with(tmp_path, state_text='{"iteration": 1}'),
+        "config_with_bad_field": lambda: _run_dir_with(tmp_path, config_text='{"task": {"name": "game24"}, "trainer": {"epochs": "many"}}'),
+    }[case]()
+    assert main(["run", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == (1 if case != "config_with_bad_field" else 2)  # header + the field
+    assert not ray.is_initialized()
+
+
+def test_resume_override_of_a_setting_that_must_not_change_is_named(tmp_path, capsys):
+    run_dir = _run_dir_with(tmp_path)
+    assert main(["run", "--resume", str(run_dir), "loop.iterations=5", "trainer.learning_rate=0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "trainer.learning_rate" in err and "cannot change on resume" in err and "loop.iterations" in err
+    from loopdistill.config import load_config
+
+    assert json.loads((run_dir / "config.json").read_text())["loop"]["iterations"] == load_config(QUICKSTART).loop.iterations  # untouched
+
+
+def test_run_directories_of_the_same_second_do_not_collide(tmp_path, monkeypatch):
+    from drivers import loop
+    from loopdistill.config import load_config
+
+    monkeypatch.setattr(loop.time, "strftime", lambda fmt, t=None: "20260101-000000")
+    config = load_config(QUICKSTART, [f"tracking.output_dir={tmp_path}"])
+    dirs = [loop.make_run_dir(config) for _ in range(3)]
+    assert len(set(dirs)) == 3 and all(d.is_dir() for d in dirs)
+    assert dirs[0].name == "prontoqa-loss_high-s0-20260101-000000" or dirs[0].name.endswith("-s0-20260101-000000")
+    assert [d.name[len(dirs[0].name):] for d in dirs] == ["", "-2", "-3"]
+
+
+@pytest.mark.parametrize(
+    "overrides, field, reason",
+    [
+        (["teacher.engine=vllm", "teacher.vllm.tensor_parallel_size=3"], "teacher.vllm.tensor_parallel_size", "does not divide the 4 attention heads"),
+        (["student.engine=vllm", "student.vllm.tensor_parallel_size=8"], "student.vllm.tensor_parallel_size", "does not divide the 4 attention heads"),
+        (["student.engine=vllm", "trainer.lora_rank=32", "student.vllm.max_lora_rank=16"], "trainer.lora_rank", "exceeds student.vllm.max_lora_rank=16"),
+    ],
+)
+def test_settings_that_do_not_fit_the_model_fail_before_any_actor(tmp_path, capsys, shared_data, overrides, field, reason):
+    """tiny-random-llama has 4 attention heads."""
+    import ray
+
+    base = ["student.model.path=tiny-random-llama", "teacher.model.path=tiny-random-llama", f"tracking.output_dir={tmp_path}/runs"]
+    assert main(["run", QUICKSTART, *base, *overrides]) == 2
+    err = capsys.readouterr().err
+    assert field in err and reason in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists() and not ray.is_initialized()
+
+
+def _tiny_run_config(tmp_path, shared_data) -> Path:
+    sys.path.insert(0, str(REPO / "tests"))
+    from loop_helpers import tiny_config
+
+    cfg = tiny_config(tmp_path, shared_data, "interrupt", ray={"num_cpus": 4}, loop={"iterations": 2, "seeds_per_iteration": 2})
+    cfg["trainer"]["epochs"] = 3
+    path = tmp_path / "interrupt.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_ctrl_c_then_resume_then_resume_of_the_finished_run(tmp_path, shared_data, capsys):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) during iteration 0: exit
+    130, one line naming the resume command, the MLflow run KILLED. The resume (with a safe
+    override) finishes the run; resuming the finished run starts nothing and returns at once."""
+    from mlflow.tracking import MlflowClient
+
+    import ray
+
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "drivers.cli", "run", str(_tiny_run_config(tmp_path, shared_data))], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    state_file = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((tmp_path / "interrupt").glob("*/state.json"))
+        if found and json.loads(found[0].read_text() or "{}").get("baseline_done"):
+            state_file = found[0]
+            break
+        time.sleep(0.2)
+    assert state_file is not None, "the run did not reach iteration 0"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    run_dir = state_file.parent
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == f"interrupted; continue with: loopdistill run --resume {run_dir}"
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    run_id = json.loads(state_file.read_text())["mlflow_run_id"]
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    resumed = subprocess.run([sys.executable, "-m", "drivers.cli", "run", "--resume", str(run_dir), "budget.usd=5"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert client.get_run(run_id).data.tags["resume_override.budget.usd"] == "5"
+    assert json.loads((run_dir / "config.json").read_text())["budget"]["usd"] == 5
+    assert json.loads((run_dir / "summary.json").read_text())["iterations_completed"] == 2
+
+    start = time.perf_counter()
+    assert main(["run", "--resume", str(run_dir)]) == 0
+    assert time.perf_counter() - start < 10
+    assert not ray.is_initialized()  # no Ray, so no actor
+    assert json.loads(capsys.readouterr().out.split("\nMLflow run")[0])["stop_reason"] == "completed"

@@ -13,8 +13,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_ray_job_submit_runs_quickstart(tmp_path, shared_data):
     out = tmp_path / "runs"
-    env = dict(os.environ, LOOPDISTILL_DATA=str(shared_data), RAY_PORT="6391", RAY_DASHBOARD_PORT="8291")
+    data = shared_data / "game24" / "24.csv"
+    env = dict(os.environ, LOOPDISTILL_DATA_PATH=str(data), RAY_PORT="6391", RAY_DASHBOARD_PORT="8291")
     overrides = [
+        "task.name=game24",
         f"tracking.output_dir={out}",
         "student.model.path=tiny-random-llama",
         "teacher.model.path=tiny-random-llama",
@@ -36,4 +38,4 @@ def test_ray_job_submit_runs_quickstart(tmp_path, shared_data):
     assert len(runs) == 1
     with sqlite3.connect(out / "mlflow.db") as db:
         steps = db.execute("select step from metrics where key='eval/test_accuracy'").fetchall()
-    assert steps == [(0,)]
+    assert sorted(steps) == [(0,), (1,)]  # the baseline, then iteration 0
