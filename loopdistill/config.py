@@ -11,6 +11,8 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from loopdistill.secrets import redact
+
 
 class ConfigError(ValueError):
     """A config file or override is missing, unparseable, or has a bad field (named in the message)."""
@@ -31,6 +33,10 @@ class TaskConfig(_Section):
     seed: int = Field(0, description="RNG seed of the split sampling")
     levels: Optional[list[int]] = Field(
         None, description="MATH difficulty levels to keep (subset of 1..5); None = all levels; other tasks ignore it"
+    )
+    max_number: Optional[int] = Field(
+        None, ge=13, le=1000, description="Game of 24 only: largest integer in synthetic (rewritten) puzzles; "
+        "evaluation keeps the 1..13 puzzles of its data. None = the task's default (tasks.game24.DEFAULT_MAX_NUMBER)"
     )
 
 
@@ -78,15 +84,35 @@ class OpenAIConfig(_Section):
     endpoint: Literal["chat", "completions"] = Field(
         "chat", description="chat: server applies its chat template; completions: ours (model.path tokenizer)"
     )
-    max_concurrency: int = Field(8, ge=1, description="requests in flight per actor")
-    requests_per_minute: Optional[float] = Field(None, gt=0, description="None = unlimited")
+    max_concurrency: int = Field(8, ge=1, description="requests kept in flight per replica (no waves)")
+    requests_per_minute: Optional[float] = Field(
+        None, gt=0, description="the provider's limit for the key, shared by all replicas of the pool; None = unlimited"
+    )
     tokens_per_minute: Optional[float] = Field(
-        None, gt=0, description="prompt + max_new_tokens reserved per request, settled on usage; None = unlimited"
+        None, gt=0, description="prompt + max_new_tokens reserved per request, settled on usage; shared by all "
+        "replicas of the pool; None = unlimited"
+    )
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = Field(
+        "max_tokens", description="request field for the completion length; reasoning models (OpenAI o-series, "
+        "gpt-5) reject max_tokens and need max_completion_tokens"
+    )
+    preflight: bool = Field(
+        True, description="GET /models before any actor starts: unreachable, 401/403 or unknown model stops the run (exit 2)"
     )
     max_retries: int = Field(5, ge=0, description="retries of one request on 429/5xx/timeout/connection error")
     backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles per retry, with jitter")
     max_backoff_s: float = Field(60.0, ge=0, description="cap of one retry delay")
     timeout_s: float = Field(120.0, gt=0, description="per request")
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_var_name(cls, name: Optional[str]) -> Optional[str]:
+        # A pasted key in place of a variable name must not be echoed back (the error omits the value).
+        from loopdistill.secrets import ENV_VAR_NAME
+
+        if name is not None and not ENV_VAR_NAME.match(name):
+            raise ValueError("must be the NAME of an environment variable holding the key (letters, digits, _), not the key itself")
+        return name
 
 
 class TeacherConfig(_Section):
@@ -102,7 +128,10 @@ class TeacherConfig(_Section):
     max_new_tokens: int = Field(256, ge=1, description="per request, output tokens")
     temperature: float = Field(0.7, ge=0, description="0 = greedy")
     top_p: float = Field(0.95, gt=0, le=1)
-    batch_size: int = Field(8, ge=1, description="prompts per generate() call")
+    batch_size: int = Field(
+        8, ge=1, description="prompts per engine call for engines 'transformers' and 'programmatic'; 'vllm' takes "
+        "a whole call at once and 'openai' keeps openai.max_concurrency in flight, each storing every answer as it arrives"
+    )
     max_restarts: int = Field(1, ge=0, description="restarts of a dead replica; its call is retried as often")
     seed: int = 0
 
@@ -133,6 +162,10 @@ class TrainerConfig(_Section):
     max_grad_norm: float = Field(2.0, gt=0)
     max_seq_len: int = Field(384, ge=16, description="prompt + answer tokens")
     include_seeds: bool = Field(False, description="also train on the seed pool itself")
+    synthetic_fraction: float = Field(
+        1.0, gt=0, le=1, description="synthetic / total rows of the training set; < 1 adds real seed rows "
+        "sampled with loop.seed (drivers/mixing.py); 1.0 = synthetic only (plus all seeds with include_seeds)"
+    )
     max_restarts: int = Field(1, ge=0, description="times a group whose rank died is restarted per step")
     seed: int = 0
 
@@ -145,6 +178,10 @@ class LoopConfig(_Section):
     seeds_per_iteration: int = Field(8, ge=1, description="m, selected seeds per iteration")
     few_shot_k: int = Field(5, ge=0, description="few-shot examples from D0 in the rewrite prompt")
     dedup_rouge_l: float = Field(0.7, gt=0, le=1, description="drop questions above this ROUGE-L F")
+    decontamination_threshold: float = Field(
+        0.7, gt=0, le=1, description="drop synthetic questions whose ROUGE-L F against a validation or test "
+        "question exceeds this (free-text tasks); equal normalised keys are always dropped"
+    )
     responses_per_question: int = Field(
         1, ge=1, description="rejection sampling: r teacher answers per synthetic question"
     )
@@ -203,6 +240,53 @@ class BudgetConfig(_Section):
     usd_per_million_output_tokens: float = Field(0.0, ge=0)
 
 
+class GateConfig(_Section):
+    """The calibration gate (drivers/gating.py; arXiv 2510.05133): after each iteration, compare the
+    validation ECE with the last accepted iteration's and act when it rose while accuracy stayed flat."""
+
+    action: Literal["off", "halt", "rollback", "reduce_synthetic_ratio"] = Field(
+        "rollback", description="what a fired gate does; default rollback (see drivers/gating.py for why)"
+    )
+    ece_rise: float = Field(
+        0.5, description="relative ECE rise that fires the gate (0.5 = +50%); below -1 it fires on every judged iteration"
+    )
+    min_accuracy_gain: float = Field(
+        0.01, description="validation accuracy gain (absolute) above which a rising ECE is tolerated"
+    )
+    ece_floor: float = Field(
+        0.05, ge=0, le=1, description="ECEs below this count as this much in the relative rise (0 -> 0.01 is no +inf rise)"
+    )
+    first_iteration: int = Field(
+        1, ge=0, description="first iteration judged; earlier ones are accepted (iteration 0 would be compared with "
+        "the untrained student, which often cannot write the answer format at all)"
+    )
+    ratio_step: float = Field(0.25, gt=0, le=1, description="reduce_synthetic_ratio: lower trainer.synthetic_fraction by this")
+    min_synthetic_fraction: float = Field(
+        0.25, gt=0, le=1, description="reduce_synthetic_ratio: not below this (the paper's safe zone is <= 20-30%)"
+    )
+    ece_bins: int = Field(10, ge=1, description="most equal-count ECE bins")
+    ece_min_per_bin: int = Field(10, ge=1, description="fewest validation answers per ECE bin (fewer answers: fewer bins)")
+
+
+class ForecastConfig(_Section):
+    """The rectified scaling-law forecast (drivers/scaling.py; SynthLLM arXiv 2503.19551, Fixed-Source
+    Synthesis arXiv 2607.01727): err(D) = B / (D_l + D^beta) + E fitted after each iteration."""
+
+    enabled: bool = Field(True, description="fit and log the forecast once there are min_points points")
+    axis: Literal["samples", "tokens"] = Field(
+        "samples", description="D: kept synthetic samples (budget/teacher_samples) or teacher tokens (budget/teacher_tokens)"
+    )
+    min_points: int = Field(3, ge=3, description="points (baseline + iterations) before the first fit")
+    horizon_multiple: float = Field(
+        2.0, gt=1, description="when the budget sets no limit on the axis: forecast at D_now * this"
+    )
+    bootstrap: int = Field(200, ge=0, description="residual-bootstrap refits for the forecast interval (0 = none)")
+    interval: float = Field(0.9, gt=0, lt=1, description="central coverage of the bootstrap interval")
+    stop_when_gain_below: Optional[float] = Field(
+        None, description="stop when the predicted validation-error gain until the budget is spent is below this (None: never)"
+    )
+
+
 class TrackingConfig(_Section):
     experiment: str = "loopdistill"
     run_name: Optional[str] = None
@@ -210,6 +294,9 @@ class TrackingConfig(_Section):
         None, description="default: $MLFLOW_TRACKING_URI, else sqlite store under output_dir"
     )
     output_dir: str = Field("runs", description="run directories and the local MLflow store")
+    parent_run_id: Optional[str] = Field(
+        None, description="MLflow run id this run is nested under (set by `loopdistill study` for its children)"
+    )
 
 
 class RayConfig(_Section):
@@ -225,6 +312,8 @@ class RunConfig(_Section):
     loop: LoopConfig = Field(default_factory=LoopConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    forecast: ForecastConfig = Field(default_factory=ForecastConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
 
@@ -237,6 +326,8 @@ class RunConfig(_Section):
         task = TASKS[self.task.name]
         if self.task.levels is not None and self.task.name != "math":
             raise ValueError(f"task.levels: difficulty levels exist only for task 'math', not {self.task.name!r}")
+        if self.task.max_number is not None and self.task.name != "game24":
+            raise ValueError(f"task.max_number: a number range exists only for task 'game24', not {self.task.name!r}")
         from drivers.strategies import STRATEGIES
 
         forward = {"gt_loss", "embedding"} & set(STRATEGIES[self.loop.strategy].needs)
@@ -245,6 +336,22 @@ class RunConfig(_Section):
                 f"loop.strategy: {self.loop.strategy!r} needs forward passes of the student ({sorted(forward)}); "
                 f"student.engine must be 'transformers', not {self.student.engine!r}"
             )
+        if self.trainer.include_seeds and self.trainer.synthetic_fraction < 1:
+            raise ValueError("trainer.include_seeds: all seeds or a synthetic_fraction < 1 of sampled seeds, not both")
+        fraction = self.trainer.synthetic_fraction
+        if fraction < 1:
+            # The most synthetic rows the run can keep (one per selected seed and iteration, capped by the
+            # sample budget) need ceil(n (1 - f) / f) real rows (drivers/mixing.py): fail before paying.
+            most = self.loop.iterations * self.loop.seeds_per_iteration
+            most = min(most, self.budget.teacher_samples) if self.budget.teacher_samples is not None else most
+            needed = -(-round(most * (1 - fraction) * 1e6) // round(fraction * 1e6))
+            if needed > self.task.num_seeds:
+                raise ValueError(
+                    f"trainer.synthetic_fraction: {fraction} needs up to {needed} real seed rows beside {most} synthetic "
+                    f"rows (loop.iterations x loop.seeds_per_iteration), more than task.num_seeds {self.task.num_seeds}"
+                )
+        if self.gate.action == "reduce_synthetic_ratio" and self.trainer.include_seeds:
+            raise ValueError("gate.action: reduce_synthetic_ratio mixes seeds by trainer.synthetic_fraction; set trainer.include_seeds false")
         if self.teacher.engine == "programmatic" and not task.has_programmatic_teacher:
             valid = sorted(n for n, t in TASKS.items() if t.has_programmatic_teacher)
             raise ValueError(f"teacher.engine: 'programmatic' is only available for tasks {valid}")
@@ -271,11 +378,23 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def dump_config(config: RunConfig) -> str:
+    """The resolved config as JSON with URL credentials replaced by '***' (loopdistill.secrets): what
+    config.json and MLflow hold. A resumed run gets credentials back from a `teacher.openai.base_url=`
+    override, or better from the URL's host configuration (a key in `api_key_env`)."""
+    import json
+
+    return json.dumps(redact(config.model_dump(mode="json")), indent=2)
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for item in err.errors():
         field = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        lines.append(f"  {field}: {item['msg']} (got {item.get('input')!r})")
+        if item["loc"] and item["loc"][-1] == "api_key_env":
+            lines.append(f"  {field}: {item['msg']}")  # the value may be a pasted key: never echo it
+        else:
+            lines.append(f"  {field}: {item['msg']} (got {redact(item.get('input'))!r})")
     return "\n".join(lines)
 
 

@@ -41,9 +41,12 @@ def test_closed_loop_tiny_llama(tmp_path, shared_data, ray_local, monkeypatch):
     mlrun = client.get_run(summary.mlflow_run_id)
     assert mlrun.info.status == "FINISHED"
     assert mlrun.data.params["loop.strategy"] == "loss_high"
-    for key in ("eval/test_accuracy", "eval/val_ece", "select/selected_mean_score", "synth/kept",
-                "budget/teacher_tokens", "budget/trainer_seconds", "time/train_s", "trainer/val_loss_best"):
-        assert _metric_steps(client, summary.mlflow_run_id, key) == [0, 1], key
+    # step 0 is the untrained student (evaluation only); step t + 1 follows iteration t
+    for key in ("eval/test_accuracy", "eval/val_ece"):
+        assert _metric_steps(client, summary.mlflow_run_id, key) == [0, 1, 2], key
+    for key in ("select/selected_mean_score", "synth/kept", "budget/teacher_tokens", "budget/trainer_seconds",
+                "time/train_s", "trainer/val_loss_best"):
+        assert _metric_steps(client, summary.mlflow_run_id, key) == [1, 2], key
     artifacts = {a.path for a in client.list_artifacts(summary.mlflow_run_id, "iter_01")}
     assert {"iter_01/predictions.parquet", "iter_01/synthetic.parquet", "iter_01/scores.parquet"} <= artifacts
     assert "iter_01/adapter" in artifacts

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from actors.engines import teacher_seed
 from actors.request_cache import RequestCache
 from drivers import loop as loop_module
 from drivers.loop import resume, run
@@ -40,7 +41,7 @@ def test_resume_after_a_crash_inside_a_stage(tmp_path, shared_data, ray_local, m
             if crash_stage == "generate":  # die after the rewrites were answered (and paid)
                 self.ask_teacher(loop_module.synthesis.rewrite_requests(
                     self.task, args[0].to_pylist(), self.seed_rows, self.config.loop.few_shot_k, t, self.config.loop.seed),
-                    seed=self.config.loop.seed + 2 * t)
+                    seed=teacher_seed(self.config.loop.seed, t, "rewrite"))
             raise Crash("injected")
         return original(self, *args, **kwargs)
 
