@@ -76,6 +76,23 @@ def test_replicates_are_averaged_before_the_ratio_and_interpolated_on_a_common_g
     assert a["best"] == "loss_high" and a["names"] == ["random", "loss_high"]
 
 
+def test_report_says_a_ratio_is_no_evidence_when_the_best_never_beats_random(tmp_path):
+    # Crossing curves within their spread (what the 4x H100 Game of 24 study gave): loss_high's mean
+    # reaches random's final mean before random does, but at no size is mean - se > random's mean + se.
+    from drivers.study_report import render_markdown
+
+    randoms = [_curve("random", s, [0, 1000, 2000], acc) for s, acc in enumerate([[0, .04, .03], [0, .03, .04], [0, .035, .03]])]
+    highs = [_curve("loss_high", s, [0, 1000, 2000], acc) for s, acc in enumerate([[0, .03, .04], [0, .04, .03], [0, .035, .035]])]
+    analysis = analyse(randoms + highs)
+    assert analysis["samples"]["ratio"].ratio is not None and analysis["samples"]["best_beats_reference"] == 0
+    assert "**No evidence**" in render_markdown("s", randoms + highs, analysis, 6, [])
+    # Clearly separated curves: the ratio stands and carries no such warning.
+    highs = [_curve("loss_high", s, [0, 1000, 2000], [0, .2 + s / 100, .3]) for s in range(3)]
+    analysis = analyse(randoms + highs)
+    assert analysis["samples"]["best_beats_reference"] > 0
+    assert "No evidence" not in render_markdown("s", randoms + highs, analysis, 6, [])
+
+
 def test_curve_from_history_puts_the_baseline_at_zero_and_skips_unevaluated_iterations():
     history = [{"synth/total": 500, "budget/teacher_tokens": 9e4, "eval/test_accuracy": 0.1},
                {"synth/total": 900, "budget/teacher_tokens": 2e5}]  # stopped before evaluation
