@@ -158,8 +158,15 @@ class ClosedLoop:
         """PREDICTIONS of the current student on SEEDS rows (a table or its object ref)."""
         if examples is self.seeds_ref and getattr(self, "_bar", None) is not None:
             # In chunks, so the progress line moves as the student answers.
-            return predict_chunked(self.actors.student.predict, self.splits.seeds, self.config.student.batch_size, self._bar, self.state.adapter_dir)
+            return predict_chunked(self.actors.student.predict, self.splits.seeds, self.predict_chunk_rows(), self._bar, self.state.adapter_dir)
         return ray.get(self.actors.student.predict.remote(examples, self.state.adapter_dir))
+
+    def predict_chunk_rows(self) -> int:
+        """Rows per student call when a progress line follows the answers. The transformers engine
+        batches by student.batch_size anyway, so chunks of that size cost nothing; the vLLM engine
+        schedules one call as one continuously batched engine run, and chunks of 256 made the 1,100-seed
+        predict stage of the 4x H100 study wait on each chunk's longest answer: it gets one call."""
+        return self.config.student.batch_size if self.config.student.engine == "transformers" else 2**31 - 1
 
     def tokenizer(self):
         """The student's tokenizer (loaded on first use, in the driver), for the fidelity metrics."""
@@ -320,7 +327,7 @@ class ClosedLoop:
         if bar is None:
             val, test = ray.get([student.predict.remote(self.val_ref, adapter), student.predict.remote(self.test_ref, adapter)])
         else:
-            size = self.config.student.batch_size
+            size = self.predict_chunk_rows()
             val = predict_chunked(student.predict, self.splits.validation, size, bar, adapter)
             test = predict_chunked(student.predict, self.splits.test, size, bar, adapter)
         return val, test

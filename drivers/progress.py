@@ -143,8 +143,9 @@ class StageTask:
 
 def predict_chunked(method, table: pa.Table, chunk_rows: int, stage: Optional[StageTask], *args) -> pa.Table:
     """`ray.get(method.remote(table, *args))`, sent as chunks of `chunk_rows` rows so `stage` advances
-    as each chunk returns (rows and output tokens). The actor runs its calls in order, so the chunks
-    cost no more than one call of the engine's own batch size."""
+    as each chunk returns (rows and output tokens). The actor runs its calls in order; chunk_rows should
+    be the engine's own batch size (transformers) or the whole table (vLLM, which batches one call
+    continuously), so that chunking costs nothing."""
     if stage is None or table.num_rows <= chunk_rows:
         out = ray.get(method.remote(table, *args))
         if stage is not None:
