@@ -18,7 +18,7 @@ from loopdistill.schemas import (
     make_table,
     require_columns,
 )
-from tasks import get_task
+from loopdistill.tasks import get_task
 
 
 class StudentScorerActor:

@@ -21,8 +21,8 @@ from rouge_score import rouge_scorer
 
 from benchmarks.common import data_root
 from drivers.near_duplicates import TokenIndex, rouge_l_f
-from tasks import get_task
-from tasks.game24 import question_for, read_puzzles
+from loopdistill.tasks import get_task
+from loopdistill.tasks.game24 import question_for, read_puzzles
 
 
 def questions() -> dict[str, list[str]]:

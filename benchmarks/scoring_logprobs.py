@@ -19,7 +19,7 @@ from benchmarks.common import base_parser
 from actors.engines.transformers_engine import TransformersEngine
 from loopdistill.config import ModelConfig
 from loopdistill.models import format_prompt
-from tasks import get_task
+from loopdistill.tasks import get_task
 
 
 def second_pass_loss(engine: TransformersEngine, prompts: list[str], answers_ids: list[list[int]]) -> list[float]:

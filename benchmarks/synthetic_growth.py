@@ -20,7 +20,7 @@ import time
 from benchmarks.common import data_root
 from drivers import decontamination, synthesis
 from loopdistill.schemas import TEACHER_RESPONSES, make_table
-from tasks import Task, get_task
+from loopdistill.tasks import Task, get_task
 
 
 def simulate(task: Task, splits, iterations: int, k: int, threshold: float, seed: int = 0) -> list[dict]:

@@ -38,7 +38,7 @@ def parse_args() -> argparse.Namespace:
 
 def gsm8k_prompts(n: int) -> list[str]:
     from benchmarks.common import gsm8k_train_examples
-    from tasks import get_task
+    from loopdistill.tasks import get_task
 
     task = get_task("gsm8k")
     return [task.answer_prompt(q) for q in gsm8k_train_examples(n).column("prompt").to_pylist()]

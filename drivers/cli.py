@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(getattr(args, "verbose", False))
     from drivers.checkpoint import ResumeError, RunInterrupted
     from loopdistill.models import ModelLoadError
-    from tasks import DataError
+    from loopdistill.tasks import DataError
 
     try:
         if args.command == "run" and args.resume:

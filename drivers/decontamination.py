@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from drivers.near_duplicates import TokenIndex
-from tasks import Task
+from loopdistill.tasks import Task
 
 
 @dataclass(frozen=True)

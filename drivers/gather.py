@@ -15,7 +15,7 @@ from drivers import judge
 from drivers.selection import get_strategy
 from drivers.signals import Signals
 from loopdistill.config import RunConfig
-from tasks import Task
+from loopdistill.tasks import Task
 
 # (requests, seed, max_new_tokens, temperature) -> (responses, stop reason); the loop's budgeted call.
 AskTeacher = Callable[[pa.Table, int, int, float], tuple[pa.Table, str]]

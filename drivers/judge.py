@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from loopdistill.judging import judge_prompt, parse_verdict
 from loopdistill.schemas import TEACHER_REQUESTS, TEACHER_RESPONSES, make_table, require_columns
-from tasks import Task
+from loopdistill.tasks import Task
 
 
 @dataclass

@@ -44,7 +44,7 @@ from drivers.tracking import Tracker
 from loopdistill.config import ConfigError, RunConfig, apply_overrides, build_config, dump_config
 from loopdistill.models import load_tokenizer
 from loopdistill.schemas import SYNTHETIC, TEACHER_RESPONSES, make_table
-from tasks import DataError, Splits, Task, get_task
+from loopdistill.tasks import DataError, Splits, Task, get_task
 
 log = logging.getLogger("loopdistill")
 
@@ -553,7 +553,7 @@ def run(config: RunConfig, verbose: bool = True) -> RunSummary:
     `verbose` False: Ray workers' output goes to the run's log file only.
 
     Raises:
-        tasks.DataError: a data file is missing or malformed (before anything starts).
+        loopdistill.tasks.DataError: a data file is missing or malformed (before anything starts).
         loopdistill.models.ModelLoadError: a model path does not load (before anything starts).
         loopdistill.config.ConfigError: a setting does not fit the model (before anything starts).
         drivers.checkpoint.RunInterrupted: Ctrl-C; the run directory can be resumed.
@@ -622,7 +622,7 @@ def load_splits(config: RunConfig) -> Splits:
     (the task's normalised question key, `Task.dedup_key`) in two of seeds/validation/test.
 
     Raises:
-        tasks.DataError: naming the data path and the empty split, the duplicated ids or the shared problem.
+        loopdistill.tasks.DataError: naming the data path and the empty split, the duplicated ids or the shared problem.
     """
     tc = config.task
     options = {"levels": tc.levels} if tc.levels is not None else {}  # MATH difficulty levels only

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from drivers.near_duplicates import TokenIndex
 from loopdistill.schemas import SYNTHETIC, TEACHER_REQUESTS, TEACHER_RESPONSES, make_table, require_columns
-from tasks import Task
+from loopdistill.tasks import Task
 
 
 @dataclass

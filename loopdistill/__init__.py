@@ -18,7 +18,7 @@ __all__ = ["ConfigError", "RunConfig", "load_config", "run"]
 def run(config: "RunConfig | str", overrides: list[str] | None = None, verbose: bool = True):
     """Run the loop of `config` (a RunConfig, or a YAML path plus `section.key=value` overrides) and
     return its drivers.loop.RunSummary (run_dir, mlflow_run_id, iterations_completed, stop_reason,
-    history). Raises what drivers.loop.run raises (ConfigError, tasks.DataError, ModelLoadError)."""
+    history). Raises what drivers.loop.run raises (ConfigError, loopdistill.tasks.DataError, ModelLoadError)."""
     from drivers.loop import run as run_loop  # lazy: the driver layer imports this package
 
     if not isinstance(config, RunConfig):

@@ -12,6 +12,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loopdistill.secrets import redact
+from loopdistill.strategy_specs import STRATEGY_SPECS
+from loopdistill.tasks import TASKS
 
 
 class ConfigError(ValueError):
@@ -23,7 +25,7 @@ class _Section(BaseModel):
 
 
 class TaskConfig(_Section):
-    name: str = Field(description="task name; see tasks.TASKS")
+    name: str = Field(description="task name; see loopdistill.tasks.TASKS")
     data_path: Optional[str] = Field(
         None, description="file or directory of the benchmark; 'generate' for tasks with a generator"
     )
@@ -36,7 +38,7 @@ class TaskConfig(_Section):
     )
     max_number: Optional[int] = Field(
         None, ge=13, le=1000, description="Game of 24 only: largest integer in synthetic (rewritten) puzzles; "
-        "evaluation keeps the 1..13 puzzles of its data. None = the task's default (tasks.game24.DEFAULT_MAX_NUMBER)"
+        "evaluation keeps the 1..13 puzzles of its data. None = the task's default (loopdistill.tasks.game24.DEFAULT_MAX_NUMBER)"
     )
 
 
@@ -172,7 +174,7 @@ class TrainerConfig(_Section):
 
 class LoopConfig(_Section):
     iterations: int = Field(3, ge=1, description="T + 1 iterations of Algorithm 1")
-    strategy: str = Field("loss_high", description="selection strategy; see drivers.selection.STRATEGIES")
+    strategy: str = Field("loss_high", description="selection strategy; see loopdistill.strategy_specs (drivers/strategies.py implements them)")
     sampling: Literal["argmax", "softmax"] = "argmax"
     softmax_temperature: float = Field(1.0, gt=0)
     seeds_per_iteration: int = Field(8, ge=1, description="m, selected seeds per iteration")
@@ -197,17 +199,13 @@ class LoopConfig(_Section):
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, name: str) -> str:
-        from drivers.strategies import STRATEGIES  # late import: strategies import nothing from here
-
-        if name not in STRATEGIES:
-            raise ValueError(f"unknown strategy {name!r}; valid: {sorted(STRATEGIES)}")
+        if name not in STRATEGY_SPECS:
+            raise ValueError(f"unknown strategy {name!r}; valid: {sorted(STRATEGY_SPECS)}")
         return name
 
     @model_validator(mode="after")
     def _sampling_applies(self) -> "LoopConfig":
-        from drivers.strategies import STRATEGIES
-
-        if self.sampling == "softmax" and not STRATEGIES[self.strategy].score_based:
+        if self.sampling == "softmax" and STRATEGY_SPECS[self.strategy].picks_set:
             raise ValueError(f"sampling: 'softmax' ranks scores; strategy {self.strategy!r} picks a set by its own rule")
         return self
 
@@ -319,8 +317,6 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _known_task(self) -> "RunConfig":
-        from tasks import TASKS
-
         if self.task.name not in TASKS:
             raise ValueError(f"task.name: unknown task {self.task.name!r}; valid: {sorted(TASKS)}")
         task = TASKS[self.task.name]
@@ -328,9 +324,7 @@ class RunConfig(_Section):
             raise ValueError(f"task.levels: difficulty levels exist only for task 'math', not {self.task.name!r}")
         if self.task.max_number is not None and self.task.name != "game24":
             raise ValueError(f"task.max_number: a number range exists only for task 'game24', not {self.task.name!r}")
-        from drivers.strategies import STRATEGIES
-
-        forward = {"gt_loss", "embedding"} & set(STRATEGIES[self.loop.strategy].needs)
+        forward = STRATEGY_SPECS[self.loop.strategy].forward_passes
         if forward and self.student.engine != "transformers":
             raise ValueError(
                 f"loop.strategy: {self.loop.strategy!r} needs forward passes of the student ({sorted(forward)}); "

@@ -13,7 +13,7 @@ from actors.engines.base import Generation, SamplingParams
 from loopdistill.config import ModelConfig
 from loopdistill.judging import is_judge_prompt, verifier_verdict
 from loopdistill.models import format_prompt, load_tokenizer
-from tasks import get_task
+from loopdistill.tasks import get_task
 
 
 class ProgrammaticEngine:

@@ -56,7 +56,7 @@ def test_empty_seed_pool_and_duplicate_ids_are_named(tmp_path, monkeypatch):
     from drivers.loop import load_splits
     from loopdistill.config import load_config
     from loopdistill.schemas import SEEDS, make_table
-    from tasks import DataError, Splits, get_task
+    from loopdistill.tasks import DataError, Splits, get_task
 
     config = load_config(QUICKSTART, ["task.name=game24"])
     row = {"id": "dup-1", "question": "q", "answer": "a", "reference": "1 2 3 4"}

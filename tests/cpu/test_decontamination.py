@@ -16,8 +16,8 @@ from drivers.loop import load_splits, run
 from drivers.near_duplicates import TokenIndex, rouge_l_f
 from loop_helpers import tiny_config
 from loopdistill.config import build_config
-from tasks import DataError, get_task
-from tasks.game24 import question_for, read_puzzles
+from loopdistill.tasks import DataError, get_task
+from loopdistill.tasks.game24 import question_for, read_puzzles
 
 
 def _cand(parent: str, question: str) -> synthesis.Candidate:

@@ -9,8 +9,8 @@ from drivers.synthesis import Candidate, accepted_answers, build_synthetic
 from loopdistill.judging import judge_prompt, parse_judge_prompt, parse_verdict, verifier_verdict
 from loopdistill.models import load_tokenizer
 from loopdistill.schemas import TEACHER_RESPONSES, make_table
-from tasks import get_task
-from tasks.game24 import question_for
+from loopdistill.tasks import get_task
+from loopdistill.tasks.game24 import question_for
 
 
 def _responses(texts):

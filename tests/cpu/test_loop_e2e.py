@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from drivers.loop import run
 from loopdistill.config import build_config
 from loop_helpers import tiny_config
-from tasks import get_task
+from loopdistill.tasks import get_task
 
 
 def _config(tmp_path: Path, data: Path, model: str = "tiny-random-llama", **sections) -> dict:
@@ -102,7 +102,7 @@ def test_budget_stop_keeps_finished_iterations(tmp_path, shared_data, ray_local)
 
 
 def test_missing_data_file_fails_before_starting(tmp_path, shared_data):
-    from tasks import DataError
+    from loopdistill.tasks import DataError
 
     cfg = _config(tmp_path, shared_data)
     cfg["task"]["data_path"] = str(tmp_path / "nope.csv")

@@ -44,7 +44,7 @@ class TeacherServer:
 
     def __init__(self, log_path: Path, tokenizer_path: str = "tiny-random-llama"):
         from loopdistill.models import format_prompt, load_tokenizer
-        from tasks import get_task
+        from loopdistill.tasks import get_task
 
         self.task = get_task("game24")
         self.tokenizer = load_tokenizer(tokenizer_path)
@@ -134,8 +134,8 @@ class TeacherServer:
 
 def get_prompts(n: int) -> list[str]:
     """n Game-of-24 answer prompts (fixed puzzles: the server's delays, keyed on content, are then fixed too)."""
-    from tasks import get_task
-    from tasks.game24 import question_for
+    from loopdistill.tasks import get_task
+    from loopdistill.tasks.game24 import question_for
 
     task = get_task("game24")
     return [task.answer_prompt(question_for([1 + i % 13, 2 + i % 11, 3 + i % 7, 4 + i % 5])) for i in range(n)]

@@ -45,8 +45,8 @@ def test_teacher_actor_serves_repeats_from_the_cache(tmp_path):
 
 
 def get_prompt(numbers):
-    from tasks import get_task
-    from tasks.game24 import question_for
+    from loopdistill.tasks import get_task
+    from loopdistill.tasks.game24 import question_for
 
     return get_task("game24").answer_prompt(question_for(numbers))
 

@@ -167,3 +167,31 @@ def test_signals_from_predictions_read_loss_and_correct():
     rows = [{"id": f"s{i}", "prediction": "x", "output_tokens": 3, "loss": float(i), "confidence": 0.5, "correct": i == 1} for i in range(3)]
     s = Signals.from_predictions(make_table(PREDICTIONS, rows), reward=np.ones(3))
     assert s.ids == ["s0", "s1", "s2"] and list(s.loss) == [0.0, 1.0, 2.0] and list(s.correct) == [False, True, False]
+
+
+def test_the_domain_strategy_specs_match_the_driver_registry():
+    # config validation reads loopdistill.strategy_specs; drivers/strategies.py holds the implementations
+    from drivers.strategies import STRATEGIES
+    from loopdistill.strategy_specs import STRATEGY_SPECS
+
+    assert set(STRATEGY_SPECS) == set(STRATEGIES)
+    for name, strategy in STRATEGIES.items():
+        assert STRATEGY_SPECS[name].needs == strategy.needs, name
+        assert STRATEGY_SPECS[name].picks_set == (not strategy.score_based), name
+
+
+def test_the_library_imports_beside_a_users_own_tasks_folder(tmp_path):
+    # A notebook directory with its own `tasks/` package used to shadow the library's top-level `tasks`
+    # (ImportError: cannot import name 'Task' from 'tasks'); the tasks now live in loopdistill.tasks.
+    import subprocess
+    import sys
+
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "__init__.py").write_text("MINE = True\n")
+    code = ("import tasks; assert tasks.MINE\n"
+            "from loopdistill import load_config, run\n"
+            "from loopdistill.tasks import Task, get_task\n"
+            "print(get_task('game24').name)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "game24"

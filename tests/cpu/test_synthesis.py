@@ -1,7 +1,7 @@
 
 from drivers import synthesis
 from loopdistill.schemas import TEACHER_RESPONSES, make_table
-from tasks import get_task
+from loopdistill.tasks import get_task
 
 
 def test_rouge_dedup_drops_near_duplicates_of_earlier_and_within_batch():
@@ -20,7 +20,7 @@ def test_rouge_dedup_drops_near_duplicates_of_earlier_and_within_batch():
 
 def test_game24_dedup_is_by_puzzle_not_template():
     task = get_task("game24")
-    from tasks.game24 import question_for
+    from loopdistill.tasks.game24 import question_for
 
     dedup = synthesis.Deduplicator(task, 0.7)
     cands = [synthesis.Candidate(p, question_for(n), 1, 1) for p, n in (("a", [1, 2, 3, 4]), ("b", [4, 3, 2, 1]), ("c", [1, 2, 3, 5]))]

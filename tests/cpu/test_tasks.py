@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks import DataError, get_task
-from tasks.game24 import DEFAULT_MAX_NUMBER, TOT_TEST_RANGE, question_for
-from tasks.game24_solver import backward_puzzle, evaluate, is_solvable, solve
-from tasks.gsm8k import clean_solution, normalize_number
+from loopdistill.tasks import DataError, get_task
+from loopdistill.tasks.game24 import DEFAULT_MAX_NUMBER, TOT_TEST_RANGE, question_for
+from loopdistill.tasks.game24_solver import backward_puzzle, evaluate, is_solvable, solve
+from loopdistill.tasks.gsm8k import clean_solution, normalize_number
 
 GSM8K = get_task("gsm8k")
 GAME24 = get_task("game24")

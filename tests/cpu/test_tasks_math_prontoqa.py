@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tasks import DataError, get_task
-from tasks.hendrycks_math import answers_match, boxed_answer, row_kind
-from tasks.io import read_records
-from tasks.prontoqa import FOLDER_FILES, read_rows
-from tasks.prontoqa_generator import generate_problem, generate_problems, solve
+from loopdistill.tasks import DataError, get_task
+from loopdistill.tasks.hendrycks_math import answers_match, boxed_answer, row_kind
+from loopdistill.tasks.io import read_records
+from loopdistill.tasks.prontoqa import FOLDER_FILES, read_rows
+from loopdistill.tasks.prontoqa_generator import generate_problem, generate_problems, solve
 
 MATH = get_task("math")
 PRONTOQA = get_task("prontoqa")

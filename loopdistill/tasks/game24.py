@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Optional
 
 from loopdistill.schemas import SEEDS, make_table
-from tasks.base import DataError, Splits, Task
-from tasks.game24_solver import ExpressionError, backward_puzzle, evaluate, is_solvable, solve
-from tasks.io import require_file, row_error
+from loopdistill.tasks.base import DataError, Splits, Task
+from loopdistill.tasks.game24_solver import ExpressionError, backward_puzzle, evaluate, is_solvable, solve
+from loopdistill.tasks.io import require_file, row_error
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from loopdistill.schemas import SEEDS, make_table
-from tasks.base import DataError, Splits, Task
-from tasks.io import SUFFIXES, read_numbered, require_fields, row_error
+from loopdistill.tasks.base import DataError, Splits, Task
+from loopdistill.tasks.io import SUFFIXES, read_numbered, require_fields, row_error
 
 log = logging.getLogger(__name__)
 

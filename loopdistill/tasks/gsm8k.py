@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from loopdistill.schemas import SEEDS, make_table
-from tasks.base import DataError, Splits, Task
-from tasks.io import SUFFIXES, read_numbered, require_fields, row_error
+from loopdistill.tasks.base import DataError, Splits, Task
+from loopdistill.tasks.io import SUFFIXES, read_numbered, require_fields, row_error
 
 _CALC = re.compile(r"<<[^>]*>>")
 # A number: optional sign (not a hyphen inside "3-day" or "10-3"), thousands commas, decimals.

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from tasks.base import DataError
+from loopdistill.tasks.base import DataError
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 

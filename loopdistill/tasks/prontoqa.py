@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Optional
 
 from loopdistill.schemas import SEEDS, make_table
-from tasks.base import DataError, Splits, Task
-from tasks.io import read_numbered, require_fields, row_error
-from tasks.prontoqa_generator import MAX_HOPS, PERSONS, generate_problem, generate_problems, solve, split_query
+from loopdistill.tasks.base import DataError, Splits, Task
+from loopdistill.tasks.io import read_numbered, require_fields, row_error
+from loopdistill.tasks.prontoqa_generator import MAX_HOPS, PERSONS, generate_problem, generate_problems, solve, split_query
 
 # With a folder: seeds and validation from the coconut files, test from the Logic-LM set (the 500
 # questions later papers report on). The three files share no context (SOURCE.md).

@@ -1,9 +1,9 @@
 """Task registry: name -> Task instance (loading, prompts, answer extraction, verifier)."""
-from tasks.base import DataError, Splits, Task
-from tasks.game24 import Game24Task
-from tasks.gsm8k import GSM8KTask
-from tasks.hendrycks_math import MathTask
-from tasks.prontoqa import ProntoQATask
+from loopdistill.tasks.base import DataError, Splits, Task
+from loopdistill.tasks.game24 import Game24Task
+from loopdistill.tasks.gsm8k import GSM8KTask
+from loopdistill.tasks.hendrycks_math import MathTask
+from loopdistill.tasks.prontoqa import ProntoQATask
 
 TASKS: dict[str, Task] = {task.name: task for task in (GSM8KTask(), Game24Task(), MathTask(), ProntoQATask())}
 
