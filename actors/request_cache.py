@@ -2,9 +2,9 @@
 
 Cache: key = sha256 of (model, prompt, sampling params with the per-request seed). A retried,
 restarted or resumed teacher asks the cache first, so no answer that arrived is ever asked for again.
-SQLite in WAL mode; the teacher commits each answer (or each engine step's finished answers) the
-moment it arrives, so a crash loses only requests still in flight. Several replicas on one host share
-the file.
+SQLite in WAL mode; the teacher commits each answer the moment it has it (the transformers and
+programmatic engines hand back a batch at a time), so a crash loses only requests still in flight.
+Several replicas on one host share the file.
 
 Journal: what was *sent*, which is what a provider bills. Before a request leaves, a reservation
 (prompt tokens + max_new_tokens) is appended and fsync'd; when the answer arrives it is settled at the
@@ -92,8 +92,9 @@ class SpendJournal:
     Lines: {"op": "reserve", "id", "input_tokens", "output_tokens"} (the worst case: estimated prompt
     tokens and max_new_tokens), {"op": "settle", "id", "input_tokens", "output_tokens"} (the usage the
     answer reported), {"op": "release", "id"} (the server answered with a 4xx status such as 429:
-    nothing was generated or billed), {"op": "fail", "id"} (failed for good; stays charged in full,
-    as the provider may have billed it).
+    nothing was generated or billed), {"op": "fail", "id"} (an attempt that got no usable answer:
+    timeout, connection error, 5xx, unusable body; stays charged in full, as the provider may have
+    billed it). A reservation with none of these after it was in flight when its process died.
 
     Args:
         path: the journal file (created with its directory).
@@ -145,7 +146,7 @@ class SpendJournal:
             self._append([{"op": "release", "id": i} for i in ids], sync=False)
 
     def fail(self, ids: list[str]) -> None:
-        """Mark requests that failed for good; their reservations stay charged in full."""
+        """Mark attempts that ended without a usable answer; their reservations stay charged in full."""
         if ids:
             self._append([{"op": "fail", "id": i} for i in ids], sync=False)
 

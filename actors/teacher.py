@@ -56,6 +56,12 @@ class _SendLog:
         if self.journal is not None:
             self.journal.release([token])
 
+    def failed(self, token) -> None:
+        """An attempt that got no usable answer but may have been billed (timeout, connection lost,
+        5xx, an unusable body): journaled as failed, so it stays charged in full and is not `open`."""
+        if self.journal is not None:
+            self.journal.fail([token])
+
 
 class TeacherActor:
     """One teacher engine (long-lived: the model loads once per run).
@@ -123,11 +129,15 @@ class TeacherActor:
 
     def cache_namespace(self) -> str:
         """What besides prompt and sampling decides an answer: the model and engine, and for an HTTP
-        teacher the server and its model name (the local model there is only the tokenizer)."""
+        teacher the server and its model name (the local model there is only the tokenizer). The
+        server is named without credentials or a trailing slash: a resume must give the base URL
+        again (its credentials are not stored) and may give a rotated key, and still find its answers."""
         cfg = self.config
         namespace = f"{cfg.model.path}|{cfg.engine}"
         if cfg.engine == "openai":
-            namespace += f"|{cfg.openai.base_url}|{cfg.openai.model}"
+            from actors.engines.openai_engine import redact_url
+
+            namespace += f"|{redact_url(cfg.openai.base_url).rstrip('/')}|{cfg.openai.model}"
         return namespace
 
     def _generate_missing(self, prompts, seeds, keys, cached, params) -> dict[str, Generation]:

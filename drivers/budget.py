@@ -5,10 +5,13 @@ reservation (prompt tokens + max_new_tokens) before each request leaves and sett
 answer's usage (actors/request_cache.SpendJournal); `reconcile_teacher` takes those figures, with any
 reservation left open by a crash charged in full. So after any crash the spend is >= what a provider
 billed. Before a call, `affordable_requests` admits only the requests whose full reservations fit in
-what is left, so a token or USD limit is not exceeded, crash or not, as long as the provider counts
-prompt tokens as our tokenizer does (its `usage` may differ by a few template tokens; the settle then
-takes the provider's count). Accelerator-seconds are charged after the work, so that limit stops the
-next iteration rather than the current one. Pure logic, no Ray.
+what is left (after a driver crash, from the journal with open reservations in full). Sent beyond
+that admission, and so able to take the spend past a token or USD limit within one call: prompt
+tokens the provider counts above our tokenizer's estimate (a few template tokens; the settle takes
+the provider's count), HTTP retries after a timeout or 5xx (each attempt is journaled and charged
+at its full reservation), and the requests a restarted teacher replica sends again (those in flight
+when it died). The next call then admits nothing. Accelerator-seconds are charged after the work, so
+that limit stops the next iteration rather than the current one. Pure logic, no Ray.
 """
 from __future__ import annotations
 
@@ -65,8 +68,8 @@ class BudgetLedger:
         return len(prompt_tokens)
 
     def charge_teacher(self, input_tokens: int, output_tokens: int, requests: int) -> None:
-        """Settle answered requests at their real token counts (for teachers without a cache; the
-        loop settles from the paid-once cache with `reconcile_teacher`)."""
+        """Add answered requests at their real token counts (the loop does not: it takes the teacher
+        figures from the spend journal with `reconcile_teacher`)."""
         self.spent.teacher_input_tokens += int(input_tokens)
         self.spent.teacher_output_tokens += int(output_tokens)
         self.spent.teacher_requests += int(requests)

@@ -28,6 +28,7 @@ from actors.engines import prompt_seeds
 from actors.engines.base import Generation, SamplingParams
 from loopdistill.config import ConfigError, ModelConfig, OpenAIConfig
 from loopdistill.models import format_prompt, load_tokenizer
+from loopdistill.secrets import redact
 
 RETRY_STATUS = frozenset({408, 409, 429})  # plus every 5xx
 
@@ -175,8 +176,10 @@ def parse_reply(body: dict, endpoint: str) -> _Reply:
     response body.
 
     Raises:
-        ValueError: the body has no choices.
+        ValueError: the body is not a JSON object, or has no choices.
     """
+    if not isinstance(body, dict):  # e.g. a JSON list from a proxy: a named error, not an AttributeError
+        raise ValueError(f"response is not a JSON object: {str(body)[:300]}")
     choices = body.get("choices") or []
     if not choices:
         raise ValueError(f"response has no choices: {str(body)[:300]}")
@@ -272,9 +275,19 @@ class OpenAIEngine:
         return [self._count(format_prompt(self.tokenizer, p, self.config.use_chat_template)) for p in prompts]
 
     # --- requests ------------------------------------------------------------------------------
+    def _key(self) -> str:
+        return os.environ.get(self.api.api_key_env, "") if self.api.api_key_env else ""
+
     def _headers(self) -> dict:
-        key = os.environ.get(self.api.api_key_env, "") if self.api.api_key_env else ""
+        key = self._key()
         return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _scrub(self, text: str) -> str:
+        """`text` (a server's error body, a transport error) without the API key or URL credentials:
+        a proxy or a debug server may echo the request back, and these messages reach the run's log."""
+        key = self._key()
+        text = redact(text)
+        return text.replace(key, "***") if key else text
 
     def _body(self, prompt: str, params: SamplingParams, seed: int) -> dict:
         body = {"model": self.api.model, self.api.max_tokens_field: params.max_new_tokens,
@@ -310,8 +323,10 @@ class OpenAIEngine:
         """Yield (prompt index, Generation) as each answer arrives, or (index, OpenAIRequestError) for
         a request that failed for good; the others go on. seeds: one per prompt (None: from
         params.seed). log: optional send log (actors.teacher) told of every attempt: `sent(index,
-        estimated_input_tokens)` right before the request leaves (returns a token), then `answered(token, input_tokens,
-        output_tokens)` or `refused(token)` when an HTTP error status came back (nothing generated).
+        estimated_input_tokens)` right before the request leaves (returns a token), then `answered(token,
+        input_tokens, output_tokens)`, `refused(token)` for a 4xx status (nothing generated), or
+        `failed(token)` for an attempt that may have been billed without a usable answer (timeout,
+        connection error, 5xx, unusable body).
 
         Raises:
             ValueError: logprobs were asked for (this engine serves the teacher only).
@@ -350,24 +365,34 @@ class OpenAIEngine:
         last = ""
         for attempt in range(self.api.max_retries + 1):
             retry_after = None
+            if attempt:
+                # A retry is one more request against the provider's RPM (its tokens stay reserved
+                # from the first attempt), so it waits for the limiter like any other.
+                self.limits.acquire(0)
             token = log.sent(index, estimate) if log is not None else None
             try:
                 resp = self.client.post(self.url, json=body, headers=self._headers())
             except (httpx.TimeoutException, httpx.TransportError) as err:
                 # The server may have answered (and billed) a request we gave up on: it stays charged.
-                last = f"{type(err).__name__}: {err}"
+                if log is not None:
+                    log.failed(token)
+                last = self._scrub(f"{type(err).__name__}: {err}")
             else:
                 if resp.status_code == 200:
                     try:
                         reply = parse_reply(resp.json(), self.api.endpoint)
                     except ValueError as err:  # not JSON, or no choices: a proxy's page, a wrong endpoint
-                        raise OpenAIRequestError(f"{what} to {self.shown_url}: unusable HTTP 200 body: {err}") from None
+                        if log is not None:
+                            log.failed(token)
+                        raise OpenAIRequestError(self._scrub(f"{what} to {self.shown_url}: unusable HTTP 200 body: {err}")) from None
                     if log is not None:  # None counts: the log keeps that part of the reservation
                         log.answered(token, reply.input_tokens, reply.output_tokens)
                     return reply
                 if log is not None and resp.status_code < 500:
-                    log.refused(token)  # a 4xx (429 included) generated nothing; a 5xx may have: stays charged
-                last = f"HTTP {resp.status_code}: {resp.text[:300]}"
+                    log.refused(token)  # a 4xx (429 included) generated nothing
+                elif log is not None:
+                    log.failed(token)  # a 5xx may have: it stays charged
+                last = self._scrub(f"HTTP {resp.status_code}: {resp.text[:300]}")
                 if not is_retryable_status(resp.status_code):
                     raise OpenAIRequestError(f"{what} to {self.shown_url} failed (not retried): {last}")
                 retry_after = parse_retry_after(resp.headers.get("retry-after"))

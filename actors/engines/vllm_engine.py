@@ -208,11 +208,17 @@ class VLLMEngine:
         return [self._to_generation(out, len(i), params.logprobs) for out, i in zip(outputs, ids)]
 
     def stream(self, prompts: list[str], params: SamplingParams, seeds: Optional[list[int]] = None,
-               log=None) -> Iterator[tuple[int, Generation]]:
+               log=None) -> Iterator[tuple[int, "Generation | RuntimeError"]]:
         """Yield (prompt index, Generation) as each request finishes (completion order). All prompts
         go into the engine at once, so vLLM schedules them as one batch. seeds: one per prompt (None:
         from params.seed). log: optional send log told `sent_many(input_tokens per prompt)` before any
-        request is added and `answered(token, input_tokens, output_tokens)` as each one finishes."""
+        request is added and `answered(token, input_tokens, output_tokens)` as each one finishes. A
+        request the engine drops without a finished output is yielded as a RuntimeError (counted as
+        failed by the teacher, its reservation left charged), not as an empty answer.
+
+        Raises:
+            ValueError: vLLM refused a prompt at add_request (the call's other requests are aborted).
+        """
         if not prompts:
             return
         ids = self._encode(prompts)
@@ -221,25 +227,31 @@ class VLLMEngine:
         engine = self.llm.llm_engine
         call = uuid.uuid4().hex[:12]
         index_of: dict[str, int] = {}
-        for i, (prompt_ids, seed) in enumerate(zip(ids, seeds)):
-            rid = f"ld-{call}-{i}"
-            sampling = self._sampling_params(params, seed, len(prompt_ids), final_only=True)
-            got = engine.add_request(rid, {"prompt_token_ids": prompt_ids}, sampling, lora_request=self.lora_request)
-            index_of[rid] = i
-            if isinstance(got, str):  # newer vLLM may return the id it uses internally
-                index_of[got] = i
-        pending = set(range(len(prompts)))
+        pending: set[int] = set()
         try:
+            # Inside the try: if add_request refuses one prompt, the ones already added are aborted
+            # rather than left in the engine, where the next call's step() would hand them back.
+            for i, (prompt_ids, seed) in enumerate(zip(ids, seeds)):
+                rid = f"ld-{call}-{i}"
+                sampling = self._sampling_params(params, seed, len(prompt_ids), final_only=True)
+                index_of[rid] = i
+                got = engine.add_request(rid, {"prompt_token_ids": prompt_ids}, sampling, lora_request=self.lora_request)
+                pending.add(i)
+                if isinstance(got, str):  # newer vLLM may return the id it uses internally
+                    index_of[got] = i
             while pending and engine.has_unfinished_requests():
                 for out in engine.step():
-                    if not out.finished:
+                    i = index_of.get(out.request_id)
+                    if not out.finished or i not in pending:  # not this call's (e.g. left by an earlier one)
                         continue
-                    i = index_of[out.request_id]
                     gen = self._to_generation(out, len(ids[i]), params.logprobs)
                     pending.discard(i)
                     if log is not None:
                         log.answered(tokens[i], gen.input_tokens, gen.output_tokens)
                     yield i, gen
+            lost, pending = sorted(pending), set()
+            for i in lost:  # the engine dropped them without a finished output: failed, not empty answers
+                yield i, RuntimeError(f"vLLM finished without an output for request {i + 1} of {len(prompts)}")
         finally:
             if pending:  # the caller stopped early or step() raised: free the engine for the next call
                 engine.abort_request([f"ld-{call}-{i}" for i in pending])

@@ -122,11 +122,6 @@ class TeacherServer:
         with self.lock:
             return list(self.events)
 
-    def billed(self) -> dict[str, int]:
-        done = [e for e in self.snapshot() if e["event"] == "complete"]
-        return {"requests": len(done), "input_tokens": sum(e["input_tokens"] for e in done),
-                "output_tokens": sum(e["output_tokens"] for e in done)}
-
     def stop(self) -> None:
         self.httpd.shutdown()
         self.log.close()
@@ -166,10 +161,18 @@ def check_server_log(events: list[dict], kill_t: float) -> None:
         assert after_arrivals.count(key) <= 1, f"request {key}, in flight at the kill, was sent {after_arrivals.count(key)} more times"
 
 
-def check_spend(ledger: dict, billed: dict) -> None:
-    assert ledger["teacher_requests"] >= billed["requests"]
-    assert ledger["teacher_input_tokens"] >= billed["input_tokens"]
-    assert ledger["teacher_output_tokens"] >= billed["output_tokens"]
+def billed(events: list[dict]) -> dict[str, int]:
+    """What the server generated (and so billed) among `events`: requests and their usage."""
+    done = [e for e in events if e["event"] == "complete"]
+    return {"requests": len(done), "input_tokens": sum(e["input_tokens"] for e in done),
+            "output_tokens": sum(e["output_tokens"] for e in done)}
+
+
+def check_spend(ledger: dict, server: dict) -> None:
+    """The ledger's spend >= what the server billed (`billed(events)`)."""
+    assert ledger["teacher_requests"] >= server["requests"]
+    assert ledger["teacher_input_tokens"] >= server["input_tokens"]
+    assert ledger["teacher_output_tokens"] >= server["output_tokens"]
 
 
 def http_config(tmp_path: Path, data: Path, name: str, base_url: str) -> dict:
@@ -232,10 +235,7 @@ def test_driver_killed_mid_call_then_resumed(tmp_path, shared_data, server, refe
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     events = server.snapshot()[start:]
     check_server_log(events, kill_t)
-    done = [e for e in events if e["event"] == "complete"]
-    billed = {"requests": len(done), "input_tokens": sum(e["input_tokens"] for e in done),
-              "output_tokens": sum(e["output_tokens"] for e in done)}
-    check_spend(json.loads((run_dir / "state.json").read_text())["ledger"], billed)
+    check_spend(json.loads((run_dir / "state.json").read_text())["ledger"], billed(events))
     assert run_outcome(run_dir) == reference
 
 
@@ -278,8 +278,5 @@ def test_teacher_replica_killed_mid_call(tmp_path, shared_data, server, referenc
     run_dir = Path(summary.run_dir)
     events = server.snapshot()[start:]
     check_server_log(events, kills[0])
-    done = [e for e in events if e["event"] == "complete"]
-    billed = {"requests": len(done), "input_tokens": sum(e["input_tokens"] for e in done),
-              "output_tokens": sum(e["output_tokens"] for e in done)}
-    check_spend(json.loads((run_dir / "state.json").read_text())["ledger"], billed)
+    check_spend(json.loads((run_dir / "state.json").read_text())["ledger"], billed(events))
     assert run_outcome(run_dir) == reference

@@ -63,6 +63,8 @@ def test_http_teacher_answers_are_cached_per_server_and_remote_model():
     a = namespace(base_url="http://a:8000/v1", model="m1")
     assert a != namespace(base_url="http://b:8000/v1", model="m1")
     assert a != namespace(base_url="http://a:8000/v1", model="m2")
+    # a resume gives the URL again (its credentials are not stored), maybe with a rotated key
+    assert a == namespace(base_url="http://u:rotated@a:8000/v1/", model="m1")
     local = TeacherActor.cache_namespace(SimpleNamespace(config=TeacherConfig(engine="transformers")))
     assert local == "smollm2|transformers"  # unchanged for local engines: earlier caches stay valid
 

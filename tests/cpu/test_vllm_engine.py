@@ -227,35 +227,68 @@ def test_completion_is_shortened_to_fit_max_model_len(engine):
     assert gen.output_tokens <= CPU_VLLM.max_model_len - prompt_tokens
 
 
-def test_stream_is_one_engine_batch_handing_back_each_request_as_it_finishes(engine):
+def test_stream_is_one_engine_batch_handing_back_each_request_as_it_finishes(engine, monkeypatch):
     """The teacher's path: every prompt is added to the engine before the first step (one batch), and
     each request is handed back (and told to the send log) the moment it finishes, with the same
     samples as one `generate` call with the same per-request seeds. Each completion is cut to fit
     max_model_len after its prompt, so prompts of different lengths finish at different steps."""
     events = []
+    llm_engine = engine.llm.llm_engine
+    real_step = llm_engine.step
+    waiting_at_step = []  # requests in the engine when each step starts (vLLM's own count)
+
+    def counting_step():
+        waiting_at_step.append(llm_engine.get_num_unfinished_requests())
+        return real_step()
 
     class Log:
         def sent_many(self, input_tokens):
-            events.append(("sent", len(input_tokens), engine.llm.llm_engine.get_num_unfinished_requests()
-                           if hasattr(engine.llm.llm_engine, "get_num_unfinished_requests") else 0))
+            events.append(("sent", len(input_tokens), None))
             return list(range(len(input_tokens)))
 
         def answered(self, token, n_in, n_out):
-            events.append(("answered", token, engine.llm.llm_engine.has_unfinished_requests()))
+            events.append(("answered", token, llm_engine.has_unfinished_requests()))
 
     prompts = PROMPTS * 3
     seeds = list(range(100, 100 + len(prompts)))
     params = SamplingParams(max_new_tokens=CPU_VLLM.max_model_len, temperature=0.9)
     streamed = {}
+    monkeypatch.setattr(llm_engine, "step", counting_step)
     for i, gen in engine.stream(prompts, params, seeds, log=Log()):
         streamed[i] = gen
+    monkeypatch.undo()
+    assert waiting_at_step[0] == len(prompts)  # all of the call's requests were in the first step's batch
     assert events[0][:2] == ("sent", len(prompts)) and len(events) == 1 + len(prompts)
     assert sorted(streamed) == list(range(len(prompts)))
     assert any(still_running for _, _, still_running in events[1:-1])  # handed back while others ran
     batch = engine.generate(prompts, params, seeds)
     assert [streamed[i].text for i in range(len(prompts))] == [g.text for g in batch]
     assert [streamed[i].input_tokens for i in range(len(prompts))] == engine.count_tokens(prompts)
-    assert not engine.llm.llm_engine.has_unfinished_requests()
+    assert not llm_engine.has_unfinished_requests()
+
+
+def test_a_prompt_refused_by_vllm_leaves_no_request_of_its_call_behind(engine, monkeypatch):
+    """vLLM raises at add_request for a prompt it refuses (here the third, through the real engine):
+    the call's requests added before it are aborted, so the engine is idle and the next call gets
+    only its own outputs (a leftover would reach its step() loop)."""
+    llm_engine = engine.llm.llm_engine
+    real_add = llm_engine.add_request
+    added = []
+
+    def refuse_third(*args, **kwargs):
+        added.append(args[0])
+        if len(added) == 3:
+            raise ValueError("prompt refused")
+        return real_add(*args, **kwargs)
+
+    monkeypatch.setattr(llm_engine, "add_request", refuse_third)
+    params = SamplingParams(max_new_tokens=8, temperature=0.0)
+    with pytest.raises(ValueError, match="prompt refused"):
+        list(engine.stream(PROMPTS, params))
+    monkeypatch.undo()
+    assert len(added) == 3 and not llm_engine.has_unfinished_requests()
+    got = dict(engine.stream(PROMPTS[:2], params))
+    assert sorted(got) == [0, 1] and [got[i].text for i in (0, 1)] == [g.text for g in engine.generate(PROMPTS[:2], params)]
 
 
 def test_vllm_engine_sets_the_spawn_start_method(tiny_model, monkeypatch):
