@@ -136,7 +136,9 @@ def runs_that_fit(demands: list[list[tuple[float, float]]], cpus: float, gpus: f
 @ray.remote(num_cpus=0, max_calls=1, max_retries=0)
 def _child_task(config_data: dict, run_dir: Optional[str], record_path: str) -> dict:
     """One child run in its own worker process: `run` of the config, or `resume` of its run directory.
-    Appends the attempt (mode, wall seconds, outcome) to the child's child.json."""
+    Appends the attempt (mode, start time) to the child's child.json when it starts and adds its wall
+    seconds and outcome when it ends; an attempt killed with its worker (Ctrl-C's forced cancel, `ray
+    stop`, a lost machine) keeps no wall_s, and the report shows that child's wall time as a lower bound."""
     from drivers.loop import resume, run
     from drivers.progress import setup_logging
 
@@ -144,6 +146,9 @@ def _child_task(config_data: dict, run_dir: Optional[str], record_path: str) -> 
     record = Path(record_path)
     started = time.time()
     attempt = {"mode": "resume" if run_dir else "run", "started": started}
+    data = json.loads(record.read_text()) if record.is_file() else {"attempts": []}
+    data["attempts"].append(attempt)
+    record.write_text(json.dumps(data, indent=2))
     try:
         summary = resume(run_dir) if run_dir else run(build_config(config_data), verbose=False)
         attempt["outcome"] = summary.stop_reason
@@ -154,8 +159,7 @@ def _child_task(config_data: dict, run_dir: Optional[str], record_path: str) -> 
         raise
     finally:
         attempt["wall_s"] = time.time() - started
-        data = json.loads(record.read_text()) if record.is_file() else {"attempts": []}
-        data["attempts"].append(attempt)
+        data["attempts"][-1] = attempt  # only this worker writes this child's record while it runs
         record.write_text(json.dumps(data, indent=2))
 
 

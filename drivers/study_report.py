@@ -150,9 +150,13 @@ class DataRatio:
     """How much data `best` needs for the accuracy `reference` ends with (Kessler et al. 2025: random
     needs 33-100% more data than loss (high) for the same accuracy).
 
-    target: the reference's final mean accuracy; reference_x: its final mean x; best_x: x at which
-    best's mean curve first reaches target (None: never, within its range); ratio = best_x / reference_x
-    (< 1: best needs less data); reference_needs_more = reference_x / best_x - 1 (0.5 = 50% more)."""
+    target: the reference's final mean accuracy; reference_x: x at which the reference's own mean curve
+    first reaches target (its final mean x when the curve never dips below its end; measured the same
+    way as best_x, so a reference that plateaus early is not charged for the data it kept after
+    reaching its final accuracy); best_x: x at which best's mean curve first reaches target (None:
+    never, within its range); ratio = best_x / reference_x (< 1: best needs less data);
+    reference_needs_more = reference_x / best_x - 1 (0.5 = 50% more); reference_final_x: the
+    reference's final mean x."""
 
     best: str
     reference: str
@@ -161,6 +165,7 @@ class DataRatio:
     reference_x: float
     best_x: Optional[float]
     best_max_x: float
+    reference_final_x: float = float("nan")
 
     @property
     def ratio(self) -> Optional[float]:
@@ -173,18 +178,21 @@ class DataRatio:
 
 def data_ratio(best: str, best_mean: dict, reference: str, reference_mean: dict, axis: str = "samples") -> DataRatio:
     """The data ratio from two strategies' replicate-mean curves (`iteration_means` outputs: "x" the
-    mean x per point, "mean" the mean accuracy per point). The best strategy's mean curve is
-    interpolated linearly on the x axis between its points (the baseline at x = 0 first) to find where
-    it first reaches the reference's final mean accuracy."""
+    mean x per point, "mean" the mean accuracy per point). Both mean curves are interpolated linearly on
+    the x axis between their points (the baseline at x = 0 first) to find where each first reaches the
+    reference's final mean accuracy; the ratio is best's x over the reference's."""
     target = float(reference_mean["mean"][-1])
-    reference_x = float(reference_mean["x"][-1])
+    reference_x = samples_to_reach(reference_mean["x"], reference_mean["mean"], target)  # its last point reaches it
     best_x = samples_to_reach(best_mean["x"], best_mean["mean"], target)
-    return DataRatio(best, reference, axis, target, reference_x, best_x, float(best_mean["x"][-1]))
+    return DataRatio(best, reference, axis, target, float(reference_x), best_x, float(best_mean["x"][-1]),
+                     float(reference_mean["x"][-1]))
 
 
 def best_strategy(names: list[str], wins: np.ndarray, final_accuracy: dict[str, float]) -> Optional[str]:
     """The strategy other than random with the most wins (row sum of the matrix); ties go to the
-    higher final mean accuracy. None when random is the only strategy."""
+    higher `final_accuracy`, which must be measured at one size for all strategies (`analyse` passes
+    the mean accuracy at the largest compared size: a strategy whose replicates stopped early is not
+    compared at an earlier iteration than the others). None when random is the only strategy."""
     candidates = [n for n in names if n != REFERENCE]
     if not candidates:
         return None
@@ -205,7 +213,10 @@ def load_curves(study_dir: Path, children: dict[str, dict]) -> list[Curve]:
                 "iterations": state.get("iteration", 0), "run_dir": str(run_dir)}
         record = study_dir / "runs" / name / "child.json"
         if record.is_file():
-            info["wall_s"] = sum(a.get("wall_s", 0.0) for a in json.loads(record.read_text()).get("attempts", []))
+            attempts = json.loads(record.read_text()).get("attempts", [])
+            info["wall_s"] = sum(a.get("wall_s", 0.0) for a in attempts)
+            # An attempt killed with its worker recorded its start but no end: the sum is a lower bound.
+            info["wall_lower_bound"] = any("wall_s" not in a for a in attempts)
         curve = curve_from_history(child["strategy"], int(child["seed"]), state.get("history", []), state.get("baseline", {}), name, info)
         if len(curve.accuracy) and curve.samples[-1] > 0:  # at least one evaluated iteration
             curves.append(curve)
@@ -234,32 +245,42 @@ def analyse(curves: list[Curve]) -> dict:
         grid = common_grid(curves, axis)
         stats = stats_at(curves, axis, grid) if len(grid) else {s: (np.zeros(0), np.zeros(0)) for s in groups}
         names, wins = win_matrix(stats)
-        final = {s: float(m["mean"][-1]) for s, m in means.items()}
+        # Ties on wins are broken at the largest size every child reached, the same x for all strategies.
+        final = {s: float(stats[s][0][-1]) if len(grid) else float("-inf") for s in names}
         best = best_strategy(names, wins, final)
         ratio = data_ratio(best, means[best], REFERENCE, means[REFERENCE], axis) if best and REFERENCE in means else None
         # A ratio read off two mean curves is evidence only where the win matrix separates them.
         beats = int(wins[names.index(best), names.index(REFERENCE)]) if ratio is not None else 0
         out[axis] = {"means": means, "grid": grid, "stats": stats, "names": names, "wins": wins, "best": best,
-                     "ratio": ratio, "best_beats_reference": beats}
+                     "ratio": ratio, "best_beats_reference": beats,
+                     "best_wins": int(wins[names.index(best)].sum()) if best else 0}
     return out
 
 
-def ratio_sentence(r: Optional[DataRatio]) -> str:
-    """One line saying the data ratio in words (or why there is none)."""
+def ratio_sentence(r: Optional[DataRatio], best_wins: Optional[int] = None) -> str:
+    """One line saying the data ratio in words (or why there is none). best_wins: the best strategy's
+    row sum in the win matrix (0 says it was chosen on accuracy alone)."""
     if r is None:
         return "No data ratio: the study needs `random` and at least one other strategy."
     unit = AXIS_LABELS[r.axis]
-    if r.reference_x <= 0:
+    why = ("most wins" if best_wins is None else f"most wins, {best_wins}" if best_wins > 0
+           else "no wins; highest mean accuracy at the largest compared size")
+    final_x = r.reference_final_x if r.reference_final_x == r.reference_final_x else r.reference_x  # nan: not recorded
+    if final_x <= 0:
         return f"No data ratio: `{r.reference}` has no {unit} yet."
-    head = (f"`{r.reference}` ends at test accuracy {r.target:.3f} with {_fmt_x(r.reference_x)} {unit} (replicate means). ")
+    if r.reference_x <= 0:
+        return f"No data ratio: `{r.reference}` ends no higher ({r.target:.3f}) than its untrained student."
+    head = f"`{r.reference}` ends at test accuracy {r.target:.3f} with {_fmt_x(final_x)} {unit} (replicate means)"
+    head += (f" and first reaches it at {_fmt_x(r.reference_x)}. " if r.reference_x < final_x - 1e-9 else ". ")
     if r.best_x is None:
-        return head + (f"`{r.best}` (most wins) never reaches it within its {_fmt_x(r.best_max_x)} {unit}: "
+        return head + (f"`{r.best}` ({why}) never reaches it within its {_fmt_x(r.best_max_x)} {unit}: "
                        f"no data ratio in its favour (ratio > {r.best_max_x / max(r.reference_x, 1e-9):.2f}).")
     more = r.reference_needs_more
     if more is None:  # best reaches the target with no data at all: its baseline is already there
-        return head + f"`{r.best}` (most wins) starts at or above it before any training: no meaningful data ratio."
-    more_text = f"`{r.reference}` needs {more:+.0%} data for the same accuracy"
-    return head + (f"`{r.best}` (most wins) first reaches it at {_fmt_x(r.best_x)} {unit}: data ratio "
+        return head + f"`{r.best}` ({why}) starts at or above it before any training: no meaningful data ratio."
+    more_text = (f"`{r.reference}` needs {more:.0%} more data for the same accuracy" if more >= 0
+                 else f"`{r.best}` needs {r.ratio - 1:.0%} more data than `{r.reference}` for the same accuracy")
+    return head + (f"`{r.best}` ({why}) first reaches it at {_fmt_x(r.best_x)} {unit}: data ratio "
                    f"{r.best_x:,.0f} / {r.reference_x:,.0f} = **{r.ratio:.2f}** ({more_text}).")
 
 
@@ -270,11 +291,12 @@ def render_markdown(name: str, curves: list[Curve], analysis: dict, expected: in
     finished = sum(1 for c in curves if c.info.get("stop_reason"))
     lines += [f"{len(curves)} of {expected} child runs have data, {finished} finished. Replicates per strategy: "
               + ", ".join(f"{s} {len(g)}" for s, g in groups.items()) + ".", ""]
-    lines += ["## Child runs", "", "| run | strategy | seed | iterations | stop | kept pairs | teacher tokens | test acc | wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += ["## Child runs", "", "wall s: the child's attempts summed (N+: an attempt was killed before it recorded its end).", "",
+              "| run | strategy | seed | iterations | stop | kept pairs | teacher tokens | test acc | wall s |", "|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(curves, key=lambda c: (c.strategy, c.seed)):
         wall = c.info.get("wall_s")
         lines.append(f"| {c.name} | {c.strategy} | {c.seed} | {len(c.accuracy) - 1} | {c.info.get('stop_reason') or 'unfinished'} | "
-                     f"{_fmt_x(c.samples[-1])} | {_fmt_x(c.tokens[-1])} | {c.accuracy[-1]:.3f} | {'-' if wall is None else f'{wall:.0f}'} |")
+                     f"{_fmt_x(c.samples[-1])} | {_fmt_x(c.tokens[-1])} | {c.accuracy[-1]:.3f} | {'-' if wall is None else f'{wall:.0f}' + ('+' if c.info.get('wall_lower_bound') else '')} |")
     lines += ["", "## Learning curves (test accuracy, mean +- SE over replicates)", "",
               "Point 0 is the untrained student; point t + 1 follows iteration t. x is the replicate mean.", ""]
     for strategy in groups:
@@ -292,13 +314,15 @@ def render_markdown(name: str, curves: list[Curve], analysis: dict, expected: in
         lines += ["| beats -> | " + " | ".join(names) + " | total |", "|---" * (len(names) + 2) + "|"]
         for i, n in enumerate(names):
             lines.append(f"| **{n}** | " + " | ".join("-" if i == j else str(wins[i, j]) for j in range(len(names))) + f" | {wins[i].sum()} |")
-        lines += ["", "Data ratio: " + ratio_sentence(a["ratio"]), ""]
+        lines += ["", "Data ratio: " + ratio_sentence(a["ratio"], a.get("best_wins")), ""]
         if a["ratio"] is not None and not a["best_beats_reference"]:
             lines += [f"**No evidence**: `{a['best']}` beats `{REFERENCE}` at none of the compared sizes "
                       "(mean - SE > mean + SE), so this ratio is within the replicate noise.", ""]
     lines += ["How the data ratio is computed: per strategy, the replicate-mean curve (mean x and mean test accuracy at each "
-              "point, baseline at 0 first) is interpolated linearly along x; the best strategy's x where it first reaches "
-              "random's final mean accuracy is divided by random's final mean x. A ratio below 1 favours the best strategy; "
+              "point, baseline at 0 first) is interpolated linearly along x; the x where the best strategy's curve first reaches "
+              "random's final mean accuracy is divided by the x where random's own curve first reaches it (its final x unless "
+              "it was there earlier). The best strategy is the one with the most wins in the matrix, ties broken by the mean "
+              "accuracy at the largest compared size. A ratio below 1 favours the best strategy; "
               "the paper reports random needing 33-100% more data (ratio 0.5-0.75).", ""]
     if figures:
         lines += ["## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures] + [""]

@@ -53,6 +53,26 @@ def test_rapidfuzz_rouge_l_equals_rouge_score_on_real_questions(shared_data):
     assert rouge_l_f("", "Tom has 3 apples.") == 0.0 == scorer.score("", "Tom has 3 apples.")["rougeL"].fmeasure
 
 
+def test_rouge_l_decisions_at_the_threshold_are_rouge_scores():
+    # F exactly at the threshold: 10 + 10 tokens sharing 7 in order. rouge-score's float steps give
+    # 0.7000000000000001 (> 0.7: dropped); a plain 1 - 6/20 gives 0.7 (kept). Scores must be bit-equal.
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    pairs = []
+    for m in range(1, 16):
+        for n in range(1, 16):
+            for shared in range(1, min(m, n) + 1):
+                a = " ".join(f"w{i}" for i in range(m))
+                b = " ".join([f"w{i}" for i in range(shared)] + [f"x{i}" for i in range(n - shared)])
+                pairs.append((a, b))
+    matrix = TokenIndex([a for a, _ in pairs]).scores([b for _, b in pairs])
+    ties = 0
+    for i, (a, b) in enumerate(pairs):
+        expected = scorer.score(a, b)["rougeL"].fmeasure
+        assert rouge_l_f(a, b) == expected and matrix[i, i] == expected, (a, b)
+        ties += any(abs(expected - t) < 1e-12 and expected != t for t in (0.5, 0.6, 0.7, 0.8))
+    assert ties > 10  # the cases where an approximate F would decide "> threshold" differently
+
+
 def test_near_and_equal_test_questions_are_dropped_and_counted_gsm8k():
     task = get_task("gsm8k")
     test_q = "Tom has 3 apples and buys 5 more apples at the market. How many apples does Tom have now?"
@@ -157,6 +177,8 @@ def test_loop_drops_test_puzzles_the_teacher_writes_and_logs_the_count(tmp_path,
     for t, it in enumerate(sorted(Path(summary.run_dir).glob("iter_*"))):
         synthetic = pq.read_table(it / "synthetic.parquet").column("question").to_pylist()
         assert not {task.dedup_key(q) for q in synthetic} & evaluation
+        # task.max_number reaches the loop: every kept puzzle uses 1..13 (the default range is 1..40)
+        assert synthetic and all(1 <= int(n) <= 13 for q in synthetic for n in task.dedup_key(q).split())
         step = [m.step for m in client.get_metric_history(summary.mlflow_run_id, "iteration") if m.value == t][0]
         metrics = {k: [m.value for m in client.get_metric_history(summary.mlflow_run_id, k) if m.step == step][0]
                    for k in ("synth/decontaminated", "synth/deduplicated", "synth/unparseable_rewrites", "synth/kept", "synth/rejected_answers")}

@@ -58,6 +58,30 @@ def test_data_ratio_on_known_curves():
     assert samples_to_reach(np.array([0, 10]), np.array([0.5, 0.6]), 0.4) == 0.0
 
 
+def test_data_ratio_measures_random_where_its_own_curve_first_reaches_its_final_accuracy():
+    # random dips: 0.04 at 1,000, 0.03 at 2,000 and 3,000 (final 0.03, first reached at 750). best
+    # reaches 0.03 at 1,500: it needs MORE data than random (ratio 2), not 1,500 / 3,000 = 0.5.
+    random_mean = iteration_means([_curve("random", 0, [0, 1000, 2000, 3000], [0.0, 0.04, 0.03, 0.03])], "samples")
+    best_mean = iteration_means([_curve("loss_high", 0, [0, 1000, 2000, 3000], [0.0, 0.02, 0.04, 0.05])], "samples")
+    r = data_ratio("loss_high", best_mean, "random", random_mean)
+    assert r.reference_x == pytest.approx(750) and r.reference_final_x == 3000
+    assert r.best_x == pytest.approx(1500) and r.ratio == pytest.approx(2.0) and r.reference_needs_more == pytest.approx(-0.5)
+
+
+def test_best_strategy_ties_are_broken_at_one_size_for_all_strategies():
+    # No strategy beats another. loss_low's replicates stopped after iteration 0, where it was at 0.05;
+    # loss_high ends its longer curve at 0.04 and is at 0.035 at the compared size 1,000 (loss_low
+    # 0.05 there). Compared at the same size, loss_low is ahead; its curve's end must not be
+    # compared with loss_high's later end.
+    noise = [0.0, 0.02, -0.02]  # SE 0.012: every pair of bands overlaps
+    randoms = [_curve("random", s, [0, 1000, 2000], [0, .04 + e, .04 + e]) for s, e in enumerate(noise)]
+    highs = [_curve("loss_high", s, [0, 1000, 2000], [0, .035 + e, .06 + e]) for s, e in enumerate(noise)]
+    lows = [_curve("loss_low", s, [0, 1000], [0, .05 + e]) for s, e in enumerate(noise)]
+    a = analyse(randoms + highs + lows)["samples"]
+    assert a["grid"].tolist() == [1000.0] and a["wins"].sum() == 0
+    assert a["best"] == "loss_low" and a["best_wins"] == 0
+
+
 def test_replicates_are_averaged_before_the_ratio_and_interpolated_on_a_common_grid():
     # Two replicates of random with different kept counts: mean x per point = (0, 1100, 2100), mean
     # accuracy (0, 0.15, 0.25). best's mean curve (0, 0), (1000, 0.2), (2000, 0.3) reaches 0.25 at
