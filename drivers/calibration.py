@@ -6,7 +6,8 @@ student assigned to its final-answer tokens, given the reasoning it wrote before
 from the task (`Task.answer_span`: e.g. the expression after the last "Answer:" in Game of 24, the
 number after "####" in GSM8K). A token that straddles the span's edge (a leading space merged into
 the first answer token) counts whole. An answer with no extractable final answer has confidence 0.0
-(and is wrong), so it adds nothing to the calibration error.
+(and is wrong): it adds no gap |correct - confidence| of its own, but it counts in n, so a student
+that rarely writes a parseable answer gets an ECE near 0 (the gate skips iteration 0 for this reason).
 
 Source: adaptive (equal-count) binning ECE, Nixon et al. 2019, "Measuring Calibration in Deep
 Learning" (Sec. 4); used as an early signal of self-training collapse in arXiv 2510.05133.

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-STAGES = ("predict", "select", "generate", "train", "evaluate")
 STATE_FILE = "state.json"
 
 
@@ -30,9 +29,13 @@ class RunInterrupted(KeyboardInterrupt):
 
 @dataclass
 class RunState:
+    """Everything a resume needs: progress, partial metrics, spend, adapters and the gate's decisions
+    (plain JSON types; one state.json per run directory)."""
+
     mlflow_run_id: str
     iteration: int = 0  # the iteration in progress (== iterations completed)
-    stages_done: list[str] = field(default_factory=list)  # of `iteration`
+    # of `iteration`: predict, select, generate, train, evaluate, then the gate's retrain1, retrain2, ...
+    stages_done: list[str] = field(default_factory=list)
     partial_metrics: dict[str, float] = field(default_factory=dict)  # of `iteration`
     baseline_done: bool = False
     baseline: dict[str, float] = field(default_factory=dict)  # eval/* figures before any training
@@ -64,6 +67,11 @@ class RunState:
 
     @classmethod
     def load(cls, run_dir: Path) -> "RunState":
+        """The state saved in run_dir/state.json.
+
+        Raises:
+            ResumeError: the file is missing, not JSON, or has unknown fields (the path is named).
+        """
         path = run_dir / STATE_FILE
         if not path.is_file():
             raise ResumeError(f"cannot resume {run_dir}: no {STATE_FILE} (not a run directory, or it failed before starting)")

@@ -7,8 +7,11 @@
         generate -> the teacher pool rewrites them into new questions and answers them; validation/test
                     questions (equal key or ROUGE-L > 0.7), near-duplicates (ROUGE-L > 0.7) and
                     unparseable outputs are dropped
-        train    -> a fresh LoRA on everything generated so far, best checkpoint on validation
+        train    -> a fresh LoRA on everything generated so far (minus rolled-back iterations' rows),
+                    mixed with real seed rows at trainer.synthetic_fraction, best checkpoint on validation
         evaluate -> validation/test accuracy and ECE of the new adapter
+        gate     -> the calibration gate accepts the adapter, or halts, rolls back or retrains at a
+                    lower synthetic fraction (drivers/gating.py); then the scaling-law forecast
 
 After every stage the driver writes the stage's Parquet tables under `iter_NN/` and `state.json`
 (drivers/checkpoint.py); after each iteration it logs metrics (step = iteration + 1; the untrained
@@ -44,6 +47,7 @@ from drivers.tracking import Tracker
 from loopdistill.config import ConfigError, RunConfig, apply_overrides, build_config, dump_config
 from loopdistill.models import load_tokenizer
 from loopdistill.schemas import SYNTHETIC, TEACHER_RESPONSES, make_table
+from loopdistill.secrets import REDACTED
 from loopdistill.tasks import DataError, Splits, Task, get_task
 
 log = logging.getLogger("loopdistill")
@@ -295,6 +299,16 @@ class ClosedLoop:
         if self.config.trainer.include_seeds:
             train_set = pa.concat_tables([to_train_examples(self.task, self.splits.seeds), train_set])
         elif fraction < 1:
+            if self.state.synthetic_fraction is not None:
+                # The gate's cut was feasible for the rows of the iteration it judged; later iterations
+                # add rows, and the same fraction may then need more seeds than the pool has. Use the
+                # whole pool instead of failing mid-run (trainer.* cannot change on resume). The
+                # configured fraction is checked at load and still fails naming its field.
+                lowest = mixing.lowest_fraction(synthetic.num_rows, self.splits.seeds.num_rows)
+                if lowest > fraction:
+                    log.warning("iteration %d: the seed pool supplies a synthetic fraction of %.3g at least, not the "
+                                "gate's %.3g: training on all %d seeds", t, lowest, fraction, self.splits.seeds.num_rows)
+                    fraction = lowest
             real = mixing.sample_seeds(self.splits.seeds, synthetic.num_rows, fraction, self.config.loop.seed)
             train_set = pa.concat_tables([to_train_examples(self.task, real), train_set])
         metrics.update({"trainer/synthetic_rows": synthetic.num_rows, "trainer/real_rows": train_set.num_rows - synthetic.num_rows,
@@ -473,9 +487,13 @@ class ClosedLoop:
         metrics.update(self.actors.teacher.stats())  # failed requests, truncated answers, retries (cumulative)
         stop, fitted = self.forecast(t, metrics)
         self.tracker.log_metrics(metrics, step=t + 1)  # step 0 is the baseline
-        decision = next((d for d in reversed(self.state.gate_decisions) if d["iteration"] == t), None)
-        if decision is not None:
-            self.tracker.set_tags({f"gate/iter_{t:02d}": f"{decision['action']}: {decision['reason']}"})
+        decisions = [d for d in self.state.gate_decisions if d["iteration"] == t]
+        if decisions:  # the final decision first, then the reductions that led to it (every decision is logged)
+            final, earlier = decisions[-1], decisions[:-1]
+            text = f"{final['action']}: {final['reason']}"
+            if earlier:
+                text += " | after: " + " | ".join(f"attempt {d['attempt']}: {d['reason']}" for d in earlier)
+            self.tracker.set_tags({f"gate/iter_{t:02d}": text[:5000]})  # MLflow's tag-value limit
         self.log_figures(t, out_dir, metrics, fitted)
         self.tracker.log_artifacts(out_dir, f"iter_{t:02d}")
         self.state.complete_iteration(metrics)
@@ -513,8 +531,12 @@ class ClosedLoop:
         return self.run_dir / f"iter_{t:02d}"
 
     def load_synthetic(self) -> pa.Table:
-        """The cumulative synthetic set S from the iterations whose generate stage finished."""
-        tables = [pq.read_table(p) for p in sorted(self.run_dir.glob("iter_*/synthetic.parquet"))]
+        """The cumulative synthetic set S from the iterations whose generate stage finished (by the
+        state, not by the files: a crash between writing iter_NN/synthetic.parquet and state.json
+        leaves a file whose rows the resumed generate stage writes again)."""
+        done = self.state.iteration + (1 if "generate" in self.state.stages_done else 0)
+        paths = [self.iter_dir(t) / "synthetic.parquet" for t in range(done)]
+        tables = [pq.read_table(p) for p in paths if p.is_file()]
         return pa.concat_tables([make_table(SYNTHETIC, []), *tables])
 
 
@@ -571,8 +593,8 @@ def run(config: RunConfig, verbose: bool = True) -> RunSummary:
 def resume(run_dir: str | Path, overrides: list[str] | None = None, verbose: bool = True) -> RunSummary:
     """Continue the run in `run_dir` after its last completed stage, in the same MLflow run.
     `overrides`: `section.key=value` of the RESUMABLE_OVERRIDES settings (written to config.json).
-    A run that already ended (completed, or stopped by its budget and given no new budget) is
-    returned as it is, without starting Ray or any actor.
+    A run that already ended (completed, stopped by the gate or the forecast, or stopped by its
+    budget and given no new budget) is returned as it is, without starting Ray or any actor.
 
     Raises:
         drivers.checkpoint.ResumeError: no such directory, or no readable state.json / config.json.
@@ -597,9 +619,8 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, verbose: boo
         if not any(key == allowed or (allowed.endswith(".*") and key.startswith(allowed[:-1])) for allowed in RESUMABLE_OVERRIDES):
             raise ConfigError(f"override {key!r} cannot change on resume (it would change the experiment); allowed: {', '.join(RESUMABLE_OVERRIDES)}")
     config = build_config(apply_overrides(data, overrides), str(config_path))
-    if config.teacher.engine == "openai" and "***@" in config.teacher.openai.base_url:
-        raise ConfigError("teacher.openai.base_url: its credentials were not stored; give teacher.openai.base_url=URL on resume")
-    if state.stop_reason and (state.iteration >= config.loop.iterations or not overrides):
+    # A gate or forecast stop is final (ClosedLoop.run honours it): no override makes the run go on.
+    if state.stop_reason and (state.halt_reason or state.iteration >= config.loop.iterations or not overrides):
         log.info("%s already ended (%s); nothing to do", run_dir, state.stop_reason)
         summary_file = run_dir / "summary.json"
         if summary_file.is_file():
@@ -608,6 +629,10 @@ def resume(run_dir: str | Path, overrides: list[str] | None = None, verbose: boo
             except (ValueError, TypeError):
                 pass
         return RunSummary(str(run_dir), state.mlflow_run_id, state.iteration, state.stop_reason, state.history)
+    # config.json holds URLs redacted (user:pass@ and secret query parameters become ***): such a URL must
+    # be given again. Checked only for a run that goes on: an ended run needs no teacher.
+    if config.teacher.engine == "openai" and REDACTED in config.teacher.openai.base_url:
+        raise ConfigError("teacher.openai.base_url: its credentials were not stored; give teacher.openai.base_url=URL on resume")
     check_fits_models(config)
     preflight_teacher(config)
     if overrides:
@@ -667,7 +692,7 @@ def _drive(config: RunConfig, splits: Splits, run_dir: Path, state: RunState | N
             init_ray(config, run_dir=run_dir, verbose=verbose)
             actors = start_actors(config, run_dir)
             try:
-                loop = ClosedLoop(config, get_task(config.task.name), splits, actors, tracker, run_dir, state)
+                loop = ClosedLoop(config, configured_task(config), splits, actors, tracker, run_dir, state)
                 with RunProgress(lambda: _budget_left(loop.ledger)) as progress:
                     loop.progress = progress
                     done, reason = loop.run()

@@ -26,7 +26,7 @@ def learning_curves(history: list[dict]) -> plt.Figure:
                            (axes[1], "budget/teacher_tokens", "teacher tokens (input + output)")):
         x = [h.get(key, 0.0) for h in history]
         for split in ("val", "test"):
-            y = [h.get(f"eval/{split}_accuracy", h.get(f"baseline/{split}_accuracy", np.nan)) for h in history]
+            y = [h.get(f"eval/{split}_accuracy", np.nan) for h in history]
             ax.plot(x, y, marker="o", label=split)
         ax.set_xlabel(label)
         ax.set_ylabel("accuracy")
@@ -66,7 +66,10 @@ def forecast_figure(d: np.ndarray, err: np.ndarray, fit: LawFit, d_target: float
     ax.scatter(d, err, color="C0", zorder=3, label="validation error")
     ax.plot(grid, fit.predict(grid), color="C1", label=f"B/(D_l+D^{fit.beta:.2f})+{fit.E:.3f}, RMSE {fit.rmse:.3f}")
     forecast = float(fit.predict(d_target))
-    ax.errorbar([d_target], [forecast], yerr=[[forecast - band[0]], [band[1] - forecast]], fmt="s", color="C3",
+    # A percentile bootstrap interval need not contain the point forecast (and with n <= 4 points it
+    # is the point up to rounding); matplotlib refuses negative error-bar lengths, so clip them at 0.
+    below, above = max(forecast - band[0], 0.0), max(band[1] - forecast, 0.0)
+    ax.errorbar([d_target], [forecast], yerr=[[below], [above]], fmt="s", color="C3",
                 capsize=4, label=f"forecast {forecast:.3f} [{band[0]:.3f}, {band[1]:.3f}]")
     ax.set_xlabel(axis_label)
     ax.set_ylabel("validation error")
@@ -78,18 +81,20 @@ def forecast_figure(d: np.ndarray, err: np.ndarray, fit: LawFit, d_target: float
 
 def budget_figure(spent: dict[str, float], limits: dict[str, Optional[float]]) -> plt.Figure:
     """Spent against limit per budget quantity: a bar of spent / limit (1.0 = exhausted) where a limit
-    is set; quantities without a limit are listed with their spend in the title row."""
+    is set (a limit of 0 is exhausted from the start); quantities without a limit (None) are listed
+    with their spend in the title row."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    limited = [(name, spent.get(name, 0.0), limit) for name, limit in limits.items() if limit]
+    limited = [(name, spent.get(name, 0.0), limit) for name, limit in limits.items() if limit is not None]
     if limited:
         names = [n for n, _, _ in limited]
-        ax.barh(names, [s / lim for _, s, lim in limited], color="C0")
-        for i, (_, s, lim) in enumerate(limited):
-            ax.text(min(s / lim, 1.0), i, f" {s:.4g} / {lim:.4g}", va="center", fontsize=8)
+        ratios = [s / lim if lim > 0 else 1.0 for _, s, lim in limited]
+        ax.barh(names, ratios, color="C0")
+        for i, ((_, s, lim), ratio) in enumerate(zip(limited, ratios)):
+            ax.text(min(ratio, 1.0), i, f" {s:.4g} / {lim:.4g}", va="center", fontsize=8)
     ax.axvline(1.0, color="C3", linestyle="--")
     ax.set_xlim(0, 1.3)
     ax.set_xlabel("spent / limit")
-    free = ", ".join(f"{n} {spent.get(n, 0.0):.4g}" for n, lim in limits.items() if not lim)
+    free = ", ".join(f"{n} {spent.get(n, 0.0):.4g}" for n, lim in limits.items() if lim is None)
     ax.set_title(f"budget (no limit: {free})" if free else "budget", fontsize=8)
     fig.tight_layout()
     return fig

@@ -71,8 +71,8 @@ def _solve(d: np.ndarray, log_err: np.ndarray, starts: list[np.ndarray], bounds)
 
 
 def _starts(d: np.ndarray, err: np.ndarray) -> list[np.ndarray]:
-    """A grid of starts: beta, E (fractions of the smallest error) and D_l (1 or the median positive
-    D, in scaled units), with B set so the law passes through the smallest-D point."""
+    """A grid of starts: beta, E (fractions of the smallest error) and D_l (1e-3 or the median
+    positive D, in scaled units), with B set so the law passes through the smallest-D point."""
     positive = d[d > 0]
     d_mid = float(np.median(positive)) if positive.size else 1.0
     d0, e0 = float(d[np.argmin(d)]), float(err[np.argmin(d)])

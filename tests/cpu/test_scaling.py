@@ -68,3 +68,25 @@ def test_remaining_budget_on_each_axis():
     # tokens axis, the tightest of two limits wins: input 60k (30k left -> 40k tokens), samples 120 (20 -> 8k tokens)
     limits = BudgetConfig(teacher_input_tokens=60_000, teacher_samples=120)
     assert remaining_on_axis("tokens", spent, limits, 40_000) == pytest.approx(8_000)
+
+
+def test_forecast_figure_takes_a_band_that_misses_the_point():
+    """A percentile bootstrap band need not contain the point forecast (or equals it up to rounding with
+    3 points); the figure must still draw instead of failing the iteration."""
+    from drivers.plots import forecast_figure
+
+    d, err = np.array([0.0, 384.0, 768.0]), np.array([1.0, 0.97, 0.95])
+    fit = fit_rectified_law(d, err)
+    point = float(fit.predict(1536.0))
+    for band in ((point + 1e-12, point + 0.01), (point - 0.02, point - 1e-9), (point, point)):
+        fig = forecast_figure(d, err, fit, 1536.0, band, "kept synthetic samples")
+        assert "forecast" in fig.axes[0].get_legend_handles_labels()[1][-1]
+
+
+def test_budget_figure_shows_a_zero_limit_as_exhausted():
+    from drivers.plots import budget_figure
+
+    fig = budget_figure({"teacher_samples": 0.0, "usd": 1.5}, {"teacher_samples": 0, "usd": None})
+    ax = fig.axes[0]
+    assert [p.get_width() for p in ax.patches] == [1.0]  # one bar: the zero limit, exhausted
+    assert "usd 1.5" in ax.get_title() and "teacher_samples" not in ax.get_title()
