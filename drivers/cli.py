@@ -24,7 +24,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--resume", metavar="RUN_DIR",
         help="continue this run after its last completed stage; overrides may change only: "
-        "loop.iterations, budget.*, ray.*, teacher.openai connection settings, resources, batch sizes, restarts",
+        "loop.iterations, loop.fidelity_metrics, budget.*, ray.*, teacher.openai connection settings, resources, "
+        "batch sizes, restarts (drivers.loop.RESUMABLE_OVERRIDES)",
     )
     run.add_argument("--verbose", action="store_true", help="show library logs and Ray workers' output on the terminal")
     compare = sub.add_parser("compare", help="one run per selection strategy, one MLflow experiment, a table")
@@ -39,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     study.add_argument("--name", help="study name (default: the config file's stem); state in <output_dir>/study-<name>/")
     study.add_argument("--resume", metavar="STUDY_DIR", help="continue this study (finished children are not rerun)")
     study.add_argument("--max-concurrent", type=int, help="at most this many child runs at once (default: as many as the cluster holds)")
-    study.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable of the child runs' processes")
+    study.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="environment variable of the child runs' processes; not for API keys (Ray keeps runtime_env values "
+                       "in its dashboard): give those to the nodes' environment, e.g. a Kubernetes Secret")
     study_report = sub.add_parser("study-report", help="rewrite a study's report.md and figures from its child runs")
     study_report.add_argument("study_dir")
     check = sub.add_parser("check-config", help="validate a config and print it resolved")
@@ -96,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before a run directory existed: nothing to resume
         print("interrupted before the run started", file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - any other failure: exit 1 with the traceback, URL credentials redacted
+        import traceback
+
+        print(redact(traceback.format_exc()).rstrip(), file=sys.stderr)
+        return 1
     print(json.dumps({k: v for k, v in summary.__dict__.items() if k != "history"}, indent=2))
     print(ui_hint(summary))
     return 0

@@ -10,7 +10,8 @@ from loopdistill.models import check_model
 
 def check_fits_models(config: RunConfig) -> None:
     """Resolve and load both models' configs (a bad path fails here, named), then check:
-    - each vLLM engine's tensor_parallel_size divides the model's attention heads (vLLM shards heads);
+    - each vLLM engine's tensor_parallel_size divides the model's attention heads, and divides or is a
+      multiple of its key/value heads (vLLM shards both, replicating key/value heads below one per rank);
     - the trainer's LoRA rank fits the vLLM student's max_lora_rank (the adapter must load).
 
     Raises:
@@ -22,11 +23,20 @@ def check_fits_models(config: RunConfig) -> None:
         if section.engine != "vllm":
             continue
         tp = section.vllm.tensor_parallel_size
-        heads = getattr(AutoConfig.from_pretrained(paths[role]), "num_attention_heads", None)
+        model_config = AutoConfig.from_pretrained(paths[role])
+        heads = getattr(model_config, "num_attention_heads", None)
         if heads and heads % tp:
             raise ConfigError(
                 f"{role}.vllm.tensor_parallel_size: {tp} does not divide the {heads} attention heads of "
                 f"{role}.model.path={section.model.path!r}; use a divisor of {heads}"
+            )
+        # vLLM splits the key/value heads too, or replicates them when there are fewer than ranks: then the
+        # ranks must be a multiple of the key/value heads.
+        kv_heads = getattr(model_config, "num_key_value_heads", None) or heads
+        if kv_heads and (kv_heads % tp if kv_heads >= tp else tp % kv_heads):
+            raise ConfigError(
+                f"{role}.vllm.tensor_parallel_size: {tp} neither divides nor is a multiple of the {kv_heads} "
+                f"key/value heads of {role}.model.path={section.model.path!r}"
             )
     if config.student.engine == "vllm" and config.trainer.lora_rank > config.student.vllm.max_lora_rank:
         raise ConfigError(

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Optional
 
 import ray
 
 from loopdistill.config import RunConfig
+from loopdistill.secrets import redact
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def init_ray(config: RunConfig, run_dir: Optional[Path] = None, verbose: bool = 
 
 def collect_worker_logs(run_dir: Path, since: float) -> None:
     """Copy the Ray workers' stdout/stderr files written since `since` (epoch seconds) into
-    `run_dir/worker_logs/` (local Ray only: a cluster keeps them on its nodes)."""
+    `run_dir/worker_logs/`, URL credentials redacted (local Ray only: a cluster keeps them on its nodes)."""
     try:
         node = ray._private.worker.global_worker.node
         logs = Path(node.get_session_dir_path()) / "logs"
@@ -57,6 +57,7 @@ def collect_worker_logs(run_dir: Path, since: float) -> None:
         try:
             if path.stat().st_mtime >= since and path.stat().st_size > 0:
                 target.mkdir(exist_ok=True)
-                shutil.copyfile(path, target / path.name)
+                # Redacted on the way: a worker's traceback may name a URL with its credentials.
+                (target / path.name).write_text(redact(path.read_text(errors="replace")))
         except OSError:  # a file Ray rotated away meanwhile
             continue

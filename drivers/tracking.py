@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from loopdistill.config import RunConfig, TrackingConfig
-from loopdistill.secrets import redact
+from loopdistill.secrets import REDACTED, redact
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # MLflow 3 opens an experiment without this tag on its GenAI (traces) page; this value selects the
@@ -88,8 +89,9 @@ def _experiment_id(client: MlflowClient, config: TrackingConfig, uri: str) -> st
 
 
 def git_commit() -> Optional[str]:
-    """The checkout's HEAD commit (with '-dirty' when tracked files changed), else
-    $LOOPDISTILL_GIT_COMMIT (a submitted job's working dir has no .git), else None."""
+    """The checkout's HEAD commit (with '-dirty' when tracked files changed), else the commit the
+    Docker image recorded beside the code (GIT_COMMIT at the repository root; an image has no .git),
+    else $LOOPDISTILL_GIT_COMMIT (a submitted job's working dir has no .git), else None."""
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
         if head.returncode == 0:
@@ -97,19 +99,34 @@ def git_commit() -> Optional[str]:
             return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         pass
-    return os.environ.get("LOOPDISTILL_GIT_COMMIT") or None
+    try:
+        recorded = (REPO_ROOT / "GIT_COMMIT").read_text().strip()
+    except OSError:
+        recorded = ""
+    return recorded or os.environ.get("LOOPDISTILL_GIT_COMMIT") or None
 
 
 def source_tags() -> dict[str, str]:
     """MLflow's system tags for where a run came from: the command line (redacted), the git commit."""
     program = "python -m drivers.cli" if sys.argv[0].endswith("drivers/cli.py") else Path(sys.argv[0]).name
-    command = redact(" ".join([program, shlex.join(sys.argv[1:])]))
+    command = redact(" ".join([program, shlex.join(_mask_env_values(sys.argv[1:]))]))
     tags = {"mlflow.source.name": command[:500], "mlflow.source.type": "LOCAL", "mlflow.user": _user()}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
         tags["git_commit"] = commit
     return tags
+
+
+def _mask_env_values(args: list[str]) -> list[str]:
+    """`--env KEY=VALUE` (`loopdistill study`) may carry an API key: keep KEY, replace VALUE by '***'."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg.startswith("--env=") and "=" in arg[len("--env="):]:
+            out[i] = f"{arg.split('=', 2)[0]}={arg.split('=', 2)[1]}={REDACTED}"
+        elif i > 0 and out[i - 1] == "--env" and "=" in arg:
+            out[i] = f"{arg.split('=', 1)[0]}={REDACTED}"
+    return out
 
 
 def _user() -> str:
@@ -153,7 +170,17 @@ class Tracker:
 
     def __enter__(self) -> "Tracker":
         if self.resume_id:
-            self.run = self.client.get_run(self.resume_id)
+            try:
+                self.run = self.client.get_run(self.resume_id)
+            except MlflowException as err:  # e.g. resumed from another folder: a relative output_dir names another store
+                if err.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                from drivers.checkpoint import ResumeError
+
+                raise ResumeError(
+                    f"cannot resume: MLflow run {self.resume_id} is not in the store {redact(self.uri)} "
+                    f"({err.error_code}); resume from the folder the run started in, or set MLFLOW_TRACKING_URI to its store"
+                ) from None
             self.client.update_run(self.resume_id, status="RUNNING")
             self.client.set_tag(self.resume_id, "resumed", "true")
             return self

@@ -5,6 +5,7 @@ RunConfig. Unknown keys are errors, so a typo names the bad field instead of bei
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -113,7 +114,7 @@ class OpenAIConfig(_Section):
         from loopdistill.secrets import ENV_VAR_NAME
 
         if name is not None and not ENV_VAR_NAME.match(name):
-            raise ValueError("must be the NAME of an environment variable holding the key (letters, digits, _), not the key itself")
+            raise ValueError("must be the NAME of an environment variable holding the key (upper-case letters, digits, _), not the key itself")
         return name
 
 
@@ -381,12 +382,19 @@ def dump_config(config: RunConfig) -> str:
     return json.dumps(redact(config.model_dump(mode="json")), indent=2)
 
 
+# Field names whose values are not echoed in validation errors (they may be credentials).
+_SECRET_FIELD = re.compile(r"(^|_)(api_?key|key|token|secret|passw(or)?d|auth|credentials?|bearer)(_|$)", re.I)
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for item in err.errors():
         field = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        if item["loc"] and item["loc"][-1] == "api_key_env":
-            lines.append(f"  {field}: {item['msg']}")  # the value may be a pasted key: never echo it
+        if item["loc"] and _SECRET_FIELD.search(str(item["loc"][-1])):
+            # api_key_env may hold a pasted key, and a mistyped field (teacher.openai.api_key=...) a real one: never echo it
+            lines.append(f"  {field}: {item['msg']}")
+        elif isinstance(item.get("input"), dict):  # a check across fields: its message names them; the section is noise
+            lines.append(f"  {field}: {item['msg']}")
         else:
             lines.append(f"  {field}: {item['msg']} (got {redact(item.get('input'))!r})")
     return "\n".join(lines)

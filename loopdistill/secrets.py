@@ -17,7 +17,10 @@ _URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userin
 # Query parameters that commonly carry a credential (?api_key=..., &token=...).
 _SECRET_QUERY = re.compile(r"(?P<key>[?&](?:api[_-]?key|key|token|access[_-]?token|password|secret|sig)=)[^&#\s'\"]+", re.I)
 REDACTED = "***"
-ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# What `api_key_env` accepts: an upper-case variable name (the convention for environment variables).
+# Lower case is refused too: many keys are valid identifiers (hf_..., ghp_..., hex tokens) and must not
+# pass for a name, which is stored in config.json and MLflow.
+ENV_VAR_NAME = re.compile(r"^[A-Z_][A-Z0-9_]{0,127}$")
 
 
 def redact(value: Any) -> Any:

@@ -131,6 +131,22 @@ def test_every_bad_resume_exits_2_with_one_line(tmp_path, capsys, case, expected
     assert not ray.is_initialized()
 
 
+def test_resume_of_a_run_missing_from_the_mlflow_store_exits_2(tmp_path, capsys):
+    """config.json names a store (here: a relative output_dir resolved from another folder) that does
+    not hold the state's MLflow run: one line, exit 2, no Ray."""
+    import ray
+
+    from loopdistill.config import dump_config, load_config
+
+    config = load_config(QUICKSTART, ["student.model.path=tiny-random-llama", "teacher.model.path=tiny-random-llama",
+                                      f"tracking.output_dir={tmp_path}/store"])
+    run_dir = _run_dir_with(tmp_path, config_text=dump_config(config))
+    assert main(["run", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "0" * 32 in err and "not in the store" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not ray.is_initialized()
+
+
 def test_resume_override_of_a_setting_that_must_not_change_is_named(tmp_path, capsys):
     run_dir = _run_dir_with(tmp_path)
     assert main(["run", "--resume", str(run_dir), "loop.iterations=5", "trainer.learning_rate=0.1"]) == 2

@@ -94,12 +94,20 @@ def _env(container: dict) -> dict[str, dict]:
 def test_ray_api_needs_a_token_and_stays_inside_the_cluster():
     cluster = _load("rayjob.yaml")["spec"]["rayClusterSpec"]
     assert cluster["headGroupSpec"]["serviceType"] == "ClusterIP"
+    # The operator enables token auth on every Ray container and uses the token for its own job-API
+    # polls; the Secret holds it under the key KubeRay reads (auth_token).
+    assert cluster["authOptions"] == {"mode": "token", "secretName": "loopdistill-ray-token"}
+    token_secret = next(d for d in _docs("secrets.example.yaml") if d["metadata"]["name"] == "loopdistill-ray-token")
+    assert set(token_secret["stringData"]) == {"auth_token"}
     for role, template in _pod_templates().items():
+        assert template["spec"]["securityContext"]["runAsNonRoot"] is True
         for container in template["spec"]["containers"]:
             env = _env(container)
-            assert env["RAY_AUTH_MODE"]["value"] == "token", role
-            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == "loopdistill-ray-token", role
-            assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+            if role == "submitter":  # not a Ray container: `ray job submit` needs the token itself
+                assert env["RAY_AUTH_MODE"]["value"] == "token"
+                assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "loopdistill-ray-token", "key": "auth_token"}
+            else:  # set by the operator from authOptions; a second definition here could disagree with it
+                assert "RAY_AUTH_TOKEN" not in env and "RAY_AUTH_MODE" not in env, role
     policy = _docs("network-policy.yaml")[0]
     head_labels = cluster["headGroupSpec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= head_labels.items()
@@ -173,6 +181,16 @@ def test_dockerfile_is_hadolint_clean_non_root_and_pinned():
     pyproject = (REPO / "pyproject.toml").read_text()
     pin = next(part for part in text.split('"') if part.startswith("vllm=="))
     assert f'vllm = ["{pin}"]' in pyproject  # the image and the project's vllm extra agree
+
+
+def test_dockerfile_copies_only_paths_that_exist():
+    """`docker build` fails on a COPY of a missing path (e.g. after a package moved)."""
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            sources = [a for a in line.split()[1:-1] if not a.startswith("--")]
+            assert sources, line
+            for source in sources:
+                assert (REPO / source).exists(), f"{line!r}: {source} is not in the repository"
 
 
 def test_runtime_env_keeps_secrets_and_offline_switch_out():

@@ -51,6 +51,25 @@ def test_pasted_key_as_api_key_env_is_refused_without_echo(capsys):
     err = capsys.readouterr().err
     assert "teacher.openai.api_key_env" in err and key not in err and "Abc123" not in err
     assert load_config(QUICKSTART, ["teacher.openai.api_key_env=MY_TEACHER_KEY"]).teacher.openai.api_key_env == "MY_TEACHER_KEY"
+    for key in ("hf_AbCdEf0123456789", "ghp_abc123def456", "a1b2c3d4e5f60718293a4b5c6d7e8f90"):  # keys that are identifiers
+        assert main(["check-config", QUICKSTART, f"teacher.openai.api_key_env={key}"]) == 2
+        assert key not in capsys.readouterr().err
+
+
+def test_mistyped_key_field_is_not_echoed(capsys):
+    from drivers.cli import main
+
+    assert main(["check-config", QUICKSTART, "teacher.openai.api_key=sk-live-Zyx987"]) == 2
+    err = capsys.readouterr().err
+    assert "teacher.openai.api_key" in err and "Zyx987" not in err
+
+
+def test_study_env_values_stay_out_of_the_source_tag(monkeypatch):
+    from drivers.tracking import source_tags
+
+    monkeypatch.setattr(sys, "argv", ["loopdistill", "study", "c.yaml", "--env", "OPENAI_API_KEY=sk-Qwe321", "--env=HF_TOKEN=hf_Asd654"])
+    command = source_tags()["mlflow.source.name"]
+    assert "Qwe321" not in command and "Asd654" not in command and "OPENAI_API_KEY=***" in command and "HF_TOKEN=***" in command
 
 
 def test_check_config_and_dump_redact(capsys):

@@ -105,3 +105,16 @@ def test_copied_runs_folder_opens_with_its_artifacts(finished, tmp_path):
         assert client.get_run(run.info.run_id).info.artifact_uri.startswith((copy / "mlartifacts").as_uri())
     finally:
         moved.rename(tmp / "runs")
+
+
+def test_git_commit_without_a_checkout_comes_from_the_image_file_then_the_env(tmp_path, monkeypatch):
+    """A Docker image has no .git: the commit recorded beside the code (GIT_COMMIT), else the env var."""
+    from drivers import tracking
+
+    monkeypatch.setattr(tracking, "REPO_ROOT", tmp_path)  # not inside any git checkout
+    monkeypatch.delenv("LOOPDISTILL_GIT_COMMIT", raising=False)
+    assert tracking.git_commit() is None
+    monkeypatch.setenv("LOOPDISTILL_GIT_COMMIT", "e" * 40)
+    assert tracking.git_commit() == "e" * 40
+    (tmp_path / "GIT_COMMIT").write_text("a" * 40 + "\n")
+    assert tracking.git_commit() == "a" * 40
