@@ -38,6 +38,7 @@ import ray
 
 from drivers.study_report import find_run_dir, write_report
 from loopdistill.config import ConfigError, RunConfig, build_config, dump_config, load_config
+from loopdistill.secrets import REDACTED, redact
 
 log = logging.getLogger("loopdistill")
 STUDY_FILE = "study.json"
@@ -193,7 +194,12 @@ def prepare(config_path: Optional[str], strategies: list[str], replicates: int, 
     if resume_dir:
         study_dir = Path(resume_dir).resolve()
         spec = _load_spec(study_dir)
-        return study_dir, spec, build_config(spec["config"], str(study_dir / STUDY_FILE))
+        base = build_config(spec["config"], str(study_dir / STUDY_FILE))
+        if REDACTED in base.teacher.openai.base_url or REDACTED in (base.tracking.tracking_uri or ""):
+            # study.json never holds credentials: only the original command (config + overrides) has them
+            raise ConfigError(f"{study_dir}: credentials in a URL were not stored; continue it with the original "
+                              "`loopdistill study CONFIG ... [overrides]` command instead of --resume")
+        return study_dir, spec, base
     if not config_path:
         raise ConfigError("give a config file, or --resume STUDY_DIR")
     if not strategies:
@@ -205,7 +211,8 @@ def prepare(config_path: Optional[str], strategies: list[str], replicates: int, 
     study_dir = study_dir_of(base, name)
     seeds = [base.loop.seed + r for r in range(replicates)]
     config_json = json.loads(dump_config(base))
-    spec = {"name": name, "config_path": str(config_path), "overrides": list(overrides), "config": config_json, "children": {}}
+    spec = {"name": name, "config_path": str(config_path), "overrides": [redact(o) for o in overrides], "config": config_json,
+            "children": {}}
     if (study_dir / STUDY_FILE).is_file():
         spec = _load_spec(study_dir)
         if spec["config"] != config_json:
@@ -249,7 +256,7 @@ def run_study(config_path: Optional[str], strategies: list[str], replicates: int
         child_config(base, c["strategy"], c["seed"], study_dir, uri, spec.get("parent_run_id") or "pending")
     study_dir.mkdir(parents=True, exist_ok=True)
     with Tracker(base, study_dir, f"study-{spec['name']}", run_id=spec.get("parent_run_id")) as tracker:
-        spec["parent_run_id"], spec["tracking_uri"] = tracker.run_id, uri
+        spec["parent_run_id"], spec["tracking_uri"] = tracker.run_id, redact(uri)  # the file never holds credentials
         children = {n: child_config(base, c["strategy"], c["seed"], study_dir, uri, tracker.run_id) for n, c in spec["children"].items()}
         (study_dir / STUDY_FILE).write_text(json.dumps(spec, indent=2))
         tracker.set_tags({"study": spec["name"], "study_dir": str(study_dir), "study.children": str(len(children)),

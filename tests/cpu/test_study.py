@@ -223,3 +223,21 @@ def test_a_second_study_of_another_config_under_the_same_name_is_refused(tmp_pat
     with pytest.raises(ConfigError, match="unknown strategy 'nope'"):
         run_study(str(path), ["nope"], replicates=1, name="other")
     assert not (tmp_path / "mlflow.db").exists()  # refused before any MLflow run or Ray
+
+
+def test_study_json_holds_no_credentials_and_resume_asks_for_the_original_command(tmp_path, shared_data):
+    from drivers.study import STUDY_FILE, prepare
+    from loopdistill.config import ConfigError
+
+    cfg = tiny_config(tmp_path, shared_data, name="secret")
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    url = "https://alice:s3cret@llm.example.com/v1?api_key=k3y"
+    study_dir, spec, base = prepare(str(path), ["random"], 1, [f"teacher.openai.base_url={url}"])
+    assert base.teacher.openai.base_url == url  # the run itself has the URL it was given
+    study_dir.mkdir(parents=True)
+    (study_dir / STUDY_FILE).write_text(json.dumps(spec))
+    written = (study_dir / STUDY_FILE).read_text()
+    assert "s3cret" not in written and "k3y" not in written and "alice" not in written
+    with pytest.raises(ConfigError, match="original"):
+        prepare(None, [], 1, [], resume_dir=str(study_dir))
