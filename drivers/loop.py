@@ -77,7 +77,8 @@ class ClosedLoop:
         self.progress: RunProgress | None = None  # set by _drive: the terminal display
         self.ledger = BudgetLedger(config.budget)
         self.ledger.restore(state.ledger)
-        # What the paid-once cache holds is exactly what was paid, even if the driver died mid-stage.
+        # The spend journal holds every request sent (settled, or open and charged in full), even if the
+        # driver died mid-stage: the ledger takes its teacher figures from there.
         self.ledger.reconcile_teacher(self.actors.teacher.paid())
         self.seen_seconds = {"teacher": 0.0, "student": 0.0, "reward": 0.0}  # busy counters of these actors
         self.gatherer = SignalGatherer(config, task, actors, self.ask_teacher)
