@@ -15,7 +15,7 @@ from loopdistill.config import RunConfig
 class Actors:
     """Handles of the long-lived actors of one run."""
 
-    teacher: object  # actors.teacher.TeacherPool
+    teacher: object  # actors.teacher_pool.TeacherPool
     student: object  # ray ActorHandle of StudentScorerActor
     trainer: object  # actors.trainer.TrainerGroup
     reward: object = None  # ray ActorHandle of RewardModelActor, when the strategy reads a reward model
@@ -32,7 +32,7 @@ def start_actors(config: RunConfig, run_dir: Path) -> Actors:
     """Create the teacher pool, the student scorer and the trainer group (resources from config).
     The teacher's paid-once request cache and its spend journal live in the run directory."""
     from actors.student import StudentScorerActor
-    from actors.teacher import TeacherPool
+    from actors.teacher_pool import TeacherPool
     from actors.trainer import TrainerGroup
 
     student = ray.remote(StudentScorerActor).options(

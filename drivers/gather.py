@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from actors.engines import teacher_seed
+from loopdistill.seeds import teacher_seed
 from drivers import judge
 from drivers.selection import get_strategy
 from drivers.signals import Signals

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from actors.engines import teacher_seed
+from loopdistill.seeds import teacher_seed
 from actors.sft_data import to_train_examples
 from drivers import decontamination, fidelity, selection, synthesis
 from drivers.budget import BudgetLedger

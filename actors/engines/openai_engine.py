@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from actors.engines import prompt_seeds
+from loopdistill.seeds import prompt_seeds
 from actors.engines.base import Generation, SamplingParams
 from loopdistill.config import ConfigError, ModelConfig, OpenAIConfig
 from loopdistill.models import format_prompt, load_tokenizer

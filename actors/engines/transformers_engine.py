@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from actors.engines import teacher_seed
+from loopdistill.seeds import teacher_seed
 from actors.engines.base import Generation, SamplingParams
 from loopdistill.config import ModelConfig
 from loopdistill.models import format_prompt, load_causal_lm, load_tokenizer

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Optional
 
-from actors.engines import prompt_seeds
+from loopdistill.seeds import prompt_seeds
 from actors.engines.base import Generation, SamplingParams
 from actors.engines.transformers_engine import _token_spans
 from loopdistill.config import ModelConfig, VLLMConfig

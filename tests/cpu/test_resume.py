@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from actors.engines import teacher_seed
+from loopdistill.seeds import teacher_seed
 from actors.request_cache import RequestCache
 from drivers import loop as loop_module
 from drivers.loop import resume, run

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from actors.engines import SamplingParams, prompt_seeds
+from actors.engines import SamplingParams
+from loopdistill.seeds import prompt_seeds
 from actors.engines.vllm_engine import adapter_rank, llm_kwargs, sampled_logprobs
 from loopdistill.config import ModelConfig, StudentConfig, VLLMConfig
 
