@@ -22,7 +22,6 @@ import threading
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 from actors.engines.base import Generation, SamplingParams
 
@@ -80,9 +79,6 @@ class RequestCache:
             "SELECT COUNT(*), COALESCE(SUM(input_tokens), 0), COALESCE(SUM(output_tokens), 0) FROM responses"
         ).fetchone()
         return {"requests": n, "input_tokens": n_in, "output_tokens": n_out}
-
-    def lookup(self, key: str) -> Optional[Generation]:
-        return self.get_many([key]).get(key)
 
 
 class SpendJournal:

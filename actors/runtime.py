@@ -1,4 +1,5 @@
-"""Small helpers every actor uses: device choice, CPU threads and busy-time accounting."""
+"""Small helpers every actor uses: device choice, CPU threads, busy-time accounting and fault injection
+(chaos tests only; free when off)."""
 from __future__ import annotations
 
 import os
@@ -42,14 +43,27 @@ FAULTS_ENV = "LOOPDISTILL_FAULTS"  # comma-separated fault points, e.g. "teacher
 FAULT_DIR_ENV = "LOOPDISTILL_FAULT_DIR"  # where a fired fault leaves its marker
 
 
+def _fault_points() -> frozenset[str]:
+    """The fault points named in $LOOPDISTILL_FAULTS, or none unless $LOOPDISTILL_FAULT_DIR is set too."""
+    if not os.environ.get(FAULT_DIR_ENV):
+        return frozenset()
+    return frozenset(p.strip() for p in os.environ.get(FAULTS_ENV, "").split(",") if p.strip())
+
+
+# Read once, at import: an actor's environment is fixed when its process starts (Ray applies a
+# runtime_env's env_vars before any task runs), and the trainer calls inject_fault every optimizer step,
+# so with no faults set a call is one set lookup. Empty (falsy) unless both variables are set.
+FAULT_POINTS: frozenset[str] = _fault_points()
+_FAULT_DIR = os.environ.get(FAULT_DIR_ENV, "")
+
+
 def inject_fault(point: str) -> None:
-    """Chaos testing: end this process abruptly (as a kill would) at `point` when it is listed in
-    $LOOPDISTILL_FAULTS, once: a marker in $LOOPDISTILL_FAULT_DIR lets the restarted actor go on.
-    Does nothing unless both variables are set, so production runs never see it."""
-    points, marker_dir = os.environ.get(FAULTS_ENV), os.environ.get(FAULT_DIR_ENV)
-    if not points or not marker_dir or point not in points.split(","):
+    """Chaos testing: end this process abruptly (as a kill would, exit status 137) at `point` when it
+    is listed in $LOOPDISTILL_FAULTS, once: a marker `<point>.fired` in $LOOPDISTILL_FAULT_DIR lets the
+    restarted actor go on. Does nothing unless both variables were set when this process started."""
+    if point not in FAULT_POINTS:
         return
-    marker = os.path.join(marker_dir, f"{point}.fired")
+    marker = os.path.join(_FAULT_DIR, f"{point}.fired")
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:

@@ -1,4 +1,4 @@
-"""The budget ledger: every teacher token, sample and accelerator-second, against hard limits.
+"""The budget ledger: every teacher token, sample and accelerator-second, against the configured limits.
 
 Teacher spend counts what was *sent*, which is what a provider bills: the teacher journals a
 reservation (prompt tokens + max_new_tokens) before each request leaves and settles it at the
@@ -19,10 +19,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from loopdistill.config import BudgetConfig
-
-
-class BudgetExhausted(RuntimeError):
-    """The remaining budget cannot pay for the next unit of work; the message says which limit."""
 
 
 @dataclass
@@ -67,13 +63,6 @@ class BudgetLedger:
                 return count
         return len(prompt_tokens)
 
-    def charge_teacher(self, input_tokens: int, output_tokens: int, requests: int) -> None:
-        """Add answered requests at their real token counts (the loop does not: it takes the teacher
-        figures from the spend journal with `reconcile_teacher`)."""
-        self.spent.teacher_input_tokens += int(input_tokens)
-        self.spent.teacher_output_tokens += int(output_tokens)
-        self.spent.teacher_requests += int(requests)
-
     # --- samples and seconds ------------------------------------------------------------------
     def samples_left(self) -> Optional[int]:
         """Synthetic pairs that may still be kept (None = unlimited)."""
@@ -108,12 +97,6 @@ class BudgetLedger:
             if limit is not None and used >= limit:
                 return f"budget.{name} exhausted: spent {used:.6g} of {limit:.6g}"
         return None
-
-    def require(self) -> None:
-        """Raises BudgetExhausted when `exhausted()` names a limit."""
-        reason = self.exhausted()
-        if reason:
-            raise BudgetExhausted(reason)
 
     # --- reporting ----------------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:

@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point. Exit codes: 0 done (including a clean budget stop), 2 bad config, data or model,
-    1 any other failure (the MLflow run is then marked FAILED with the error)."""
+    130 interrupted (Ctrl-C), 1 any other failure (the MLflow run is then marked FAILED with the error)."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command == "study" and all("=" in e and not e.startswith("-") for e in extra):

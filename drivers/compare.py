@@ -55,7 +55,7 @@ def compare(config_path: str, strategies: list[str], overrides: list[str]) -> li
             continue
         client = MlflowClient(tracking_uri(config.tracking))
         metrics = dict(client.get_run(summary.mlflow_run_id).data.metrics)
-        # The baseline is step 0 of the eval/ curves (drivers/loop.py); the table shows it as its own column.
+        # The baseline is step 0 of the eval/ curves; the table shows it as its own column.
         at_zero = [m.value for m in client.get_metric_history(summary.mlflow_run_id, "eval/test_accuracy") if m.step == 0]
         metrics["baseline/test_accuracy"] = at_zero[0] if at_zero else None
         row = {"strategy": strategy, "run_id": summary.mlflow_run_id, "stop_reason": summary.stop_reason}

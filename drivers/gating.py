@@ -31,8 +31,6 @@ any trained adapter "exceeds".
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Optional
-
 from loopdistill.config import GateConfig
 
 ACCEPT, HALT, ROLLBACK, REDUCE = "accept", "halt", "rollback", "reduce_synthetic_ratio"
@@ -107,31 +105,3 @@ def decide(config: GateConfig, iteration: int, attempt: int, ece: float, accurac
     return GateDecision(iteration, attempt, action, fired, rise, gain, ece, accuracy, reference_ece,
                         reference_accuracy, reference_iteration, fraction, reason)
 
-
-def decide_series(config: GateConfig, ece: list[float], accuracy: list[float], synthetic_fraction: float = 1.0,
-                  lowest_fraction: float = 0.0, retrained: Optional[dict[tuple[int, int], tuple[float, float]]] = None
-                  ) -> list[GateDecision]:
-    """Run the gate over a metric series: ece[0], accuracy[0] are the baseline's, ece[t + 1],
-    accuracy[t + 1] iteration t's (validation). `retrained[(t, k)]` gives (ece, accuracy) of
-    iteration t after its k-th retrain (reduce_synthetic_ratio; without it a retrain reproduces the
-    same metrics). Stops after a halt. Returns every decision in order, as the loop takes them."""
-    if len(ece) != len(accuracy):
-        raise ValueError(f"ece has {len(ece)} points, accuracy {len(accuracy)}")
-    retrained = retrained or {}
-    ref_ece, ref_acc, ref_it = ece[0], accuracy[0], -1
-    out: list[GateDecision] = []
-    for t in range(len(ece) - 1):
-        cur_ece, cur_acc, attempt = ece[t + 1], accuracy[t + 1], 0
-        while True:
-            d = decide(config, t, attempt, cur_ece, cur_acc, ref_ece, ref_acc, ref_it, synthetic_fraction, lowest_fraction)
-            out.append(d)
-            synthetic_fraction = d.synthetic_fraction
-            if d.action != REDUCE:
-                break
-            attempt += 1
-            cur_ece, cur_acc = retrained.get((t, attempt), (cur_ece, cur_acc))
-        if d.action == HALT:
-            break
-        if d.action == ACCEPT:
-            ref_ece, ref_acc, ref_it = cur_ece, cur_acc, t
-    return out

@@ -4,7 +4,7 @@ Finetuning Language Models", arXiv 2512.00884, Sec. 3 and Table 1), by name.
 A strategy is a score per seed (higher = harder = selected first) and, for the strategies that choose a
 *set* rather than the top of a ranking (random, incorrect, evokd, lion, badge), a picker. Score-based
 strategies are selected by `drivers.selection.select` (argmax or softmax sampling). Pure numpy: the
-signals a strategy needs (`needs`) are gathered by the driver (drivers/signals.py) before it runs.
+driver gathers the signals a strategy needs (`needs`) into a `drivers.signals.Signals` before it runs.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Analysis of a study (drivers/study.py): learning curves with mean +- standard error over replicates,
 the pairwise win-rate matrix and the data ratio of Kessler et al. 2025 (arXiv 2512.00884), a Markdown
-report and figures. Pure functions over numbers, plus `load_curves` (reads the children's run
-directories) and `plot_*` (matplotlib).
+report and figures. Pure functions over numbers, plus `load_curves` / `find_run_dir` (read the
+children's run directories), `plot_*` (matplotlib) and `write_report` (writes report.md and figures).
 
 Conventions:
 - A child's curve has one point per finished iteration (x = kept synthetic pairs `synth/total`, or

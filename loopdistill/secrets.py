@@ -1,8 +1,8 @@
 """Keeping credentials out of logs, MLflow and files.
 
-A URL may carry credentials in its user-info part (`https://user:token@host/v1`). `redact` replaces that
-part with `***` wherever such a URL appears: in a string (an error message, a log line), or in any
-string inside a nested dict/list (a config dump). API keys themselves never reach the config: only the
+A URL may carry credentials in its user-info part (`https://user:token@host/v1`) or in a query parameter
+(`?api_key=...`, `&token=...`). `redact` replaces them with `***` wherever such a URL appears: in a
+string (an error message, a log line), or in any string inside a nested dict/list (a config dump). API keys themselves never reach the config: only the
 name of the environment variable that holds one (`teacher.openai.api_key_env`).
 """
 from __future__ import annotations
@@ -34,11 +34,6 @@ def redact(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(redact(v) for v in value)
     return value
-
-
-def has_credentials(url: str) -> bool:
-    """True when the URL carries credentials that `redact` would hide."""
-    return redact(url) != url
 
 
 class RedactingFilter(logging.Filter):

@@ -1,6 +1,6 @@
 """What every task provides: loading splits, prompts, answer extraction and a verifier.
 
-A task is a stateless object; actors and the driver look it up by name in `tasks.TASKS`.
+A task is a stateless object; actors and the driver look it up by name in `loopdistill.tasks.TASKS`.
 """
 from __future__ import annotations
 

@@ -50,11 +50,6 @@ def read_numbered(path: str | Path) -> list[tuple[int, dict]]:
     return [(n, _parse_line(path, n, line)) for n, line in lines if line.strip()]
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """The records of `read_numbered`, without their numbers (same errors)."""
-    return [row for _, row in read_numbered(path)]
-
-
 def require_fields(source: str | Path, number: int, row: Any, fields: Iterable[str]) -> None:
     """Raises DataError naming source, row and field when a field is missing or not a non-empty string."""
     for name in fields:

@@ -1,13 +1,15 @@
 """ProntoQA (Saparov & He 2023): true/false questions answered by chaining rules of a fictional ontology.
 
-Data (see shared/data/prontoqa/SOURCE.md), two public 5-hop sets in two formats, read into one:
-- Logic-LM `logic_llm_dev.json`: `context`, `question` ("Is the following statement true or false?
-  Max is sour."), `options` (["A) True", "B) False"]), `answer` ("A"/"B"), `explanation` (proof sentences).
-- coconut `prontoqa_{test,valid}.json`: `question` (context + "True or false: <statement>"), `answer`
-  ("True"/"False"), `steps` (one hop per item).
+Data: two public 5-hop sets in two formats, read into one:
+- Logic-LM `logic_llm_dev.json` (github.com/teacherpeterpan/Logic-LLM, `data/ProntoQA/dev.json`, 500
+  questions): `context`, `question` ("Is the following statement true or false? Max is sour."),
+  `options` (["A) True", "B) False"]), `answer` ("A"/"B"), `explanation` (proof sentences).
+- coconut `prontoqa_{test,valid}.json` (github.com/michaelrizvi/coconut, `data/`, 800 and 200
+  questions generated with asaparov/prontoqa): `question` (context + "True or false: <statement>"),
+  `answer` ("True"/"False"), `steps` (one hop per item).
 Every question becomes "<context> True or false: <statement>." and every answer a chain of thought
 ending "The answer is True." / "The answer is False.". Or `data_path: generate`: our own generator
-(`tasks.prontoqa_generator`), which also makes the programmatic teacher possible.
+(`loopdistill.tasks.prontoqa_generator`), which also makes the programmatic teacher possible.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from loopdistill.tasks.io import read_numbered, require_fields, row_error
 from loopdistill.tasks.prontoqa_generator import MAX_HOPS, PERSONS, generate_problem, generate_problems, solve, split_query
 
 # With a folder: seeds and validation from the coconut files, test from the Logic-LM set (the 500
-# questions later papers report on). The three files share no context (SOURCE.md).
+# questions later papers report on). The three files share no context (no common 80-character context
+# prefix), and a run refuses splits that share a question before it starts.
 FOLDER_FILES = {"seeds": "coconut_prontoqa_test.json", "validation": "coconut_prontoqa_valid.json", "test": "logic_llm_dev.json"}
 GENERATED_HOPS = range(1, 6)  # `generate`: every split mixes 1- to 5-hop problems
 TEACHER_HOPS = range(1, 8)  # the programmatic teacher's new problems: 1 to 7 hops

@@ -46,6 +46,24 @@ def _paid_once(run_dir: Path) -> tuple[int, int]:
     return spent["teacher_requests"], RequestCache(run_dir / "teacher_cache.sqlite").stats()["requests"]
 
 
+def test_fault_point_fires_once_and_only_when_both_variables_are_set(tmp_path):
+    """actors.runtime.inject_fault in a real process: exit 137 at a listed point, a marker, then the
+    restarted process goes on; unlisted points and a missing marker directory never fire."""
+    code = "from actors.runtime import inject_fault; inject_fault('x.step'); inject_fault('y.step'); print('went on')"
+
+    def once(**env):
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPDISTILL_FAULT")}
+        return subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**full_env, "PYTHONPATH": str(REPO), **env},
+                              capture_output=True, text=True, timeout=60)
+
+    both = {"LOOPDISTILL_FAULTS": "x.step,z.step", "LOOPDISTILL_FAULT_DIR": str(tmp_path)}
+    first, second = once(**both), once(**both)
+    assert (first.returncode, first.stdout) == (137, "")
+    assert (second.returncode, second.stdout.strip()) == (0, "went on")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.step.fired"]
+    assert once(LOOPDISTILL_FAULTS="y.step").returncode == 0  # no marker directory: off
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, shared_data):
     tmp = tmp_path_factory.mktemp("ref")

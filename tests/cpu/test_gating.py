@@ -1,56 +1,63 @@
-"""The gate's decisions on constructed validation-metric series, one test per action."""
+"""The gate's decision (drivers/gating.decide) on constructed validation metrics, one test per action.
+How the loop chains decisions over iterations (the reference moves only on accept, a halt ends the run)
+is tested on the real loop in test_gate_loop.py."""
 import pytest
 
 from drivers import gating
 from loopdistill.config import GateConfig
 
-# baseline, then iterations 0..3: ECE jumps at iteration 2 (0.15 -> 0.40, +167%) with flat accuracy.
-ECE = [0.02, 0.10, 0.15, 0.40, 0.41]
-ACC = [0.00, 0.10, 0.20, 0.20, 0.21]
+# Iteration 2 against the last accepted iteration 1: ECE 0.15 -> 0.40 (+167%) with flat accuracy.
+JUMP = dict(iteration=2, ece=0.40, accuracy=0.20, reference_ece=0.15, reference_accuracy=0.20, reference_iteration=1)
 
 
-def actions(decisions):
-    return [(d.iteration, d.attempt, d.action) for d in decisions]
+def test_off_accepts_but_still_measures():
+    d = gating.decide(GateConfig(action="off"), attempt=0, synthetic_fraction=1.0, **JUMP)
+    assert d.action == "accept" and d.fired and "would have fired" in d.reason
+    assert d.ece_rise == pytest.approx((0.40 - 0.15) / 0.15)
+    assert d.accuracy_gain == pytest.approx(0.0)
 
 
-def test_off_accepts_everything_but_still_measures():
-    out = gating.decide_series(GateConfig(action="off"), ECE, ACC)
-    assert [d.action for d in out] == ["accept"] * 4
-    assert out[2].fired and "would have fired" in out[2].reason
-    assert out[2].ece_rise == pytest.approx((0.40 - 0.15) / 0.15)
+def test_halt_fires_at_the_jump_only():
+    cfg = GateConfig(action="halt")
+    d = gating.decide(cfg, attempt=0, synthetic_fraction=1.0, **JUMP)
+    assert d.action == "halt" and d.reference_iteration == 1 and "gate halt" in d.reason
+    # iteration 1 against iteration 0: ECE +50% (not above gate.ece_rise 0.5) and accuracy +0.10
+    assert gating.decide(cfg, 1, 0, 0.15, 0.20, 0.10, 0.10, 0, 1.0).action == "accept"
 
 
-def test_halt_stops_at_the_jump():
-    out = gating.decide_series(GateConfig(action="halt"), ECE, ACC)
-    assert actions(out) == [(0, 0, "accept"), (1, 0, "accept"), (2, 0, "halt")]
-    assert out[-1].reference_iteration == 1 and "gate halt" in out[-1].reason
+def test_rollback_names_the_last_accepted_iteration():
+    d = gating.decide(GateConfig(action="rollback"), attempt=0, synthetic_fraction=1.0, **JUMP)
+    assert d.action == "rollback" and d.reference_ece == 0.15
+    assert "rollback to iteration 1" in d.reason
 
 
-def test_rollback_compares_later_iterations_with_the_last_accepted_one():
-    out = gating.decide_series(GateConfig(action="rollback"), ECE, ACC)
-    # iteration 3 is compared with iteration 1 (the last accepted), not with the rolled-back 2
-    assert actions(out) == [(0, 0, "accept"), (1, 0, "accept"), (2, 0, "rollback"), (3, 0, "rollback")]
-    assert out[3].reference_iteration == 1 and out[3].reference_ece == 0.15
-
-
-def test_reduce_synthetic_ratio_retrains_until_calibrated():
+def test_reduce_synthetic_ratio_steps_down_then_accepts():
     cfg = GateConfig(action="reduce_synthetic_ratio", ratio_step=0.25, min_synthetic_fraction=0.25)
+    first = gating.decide(cfg, attempt=0, synthetic_fraction=1.0, **JUMP)
+    assert (first.action, first.synthetic_fraction) == ("reduce_synthetic_ratio", 0.75)
     # the first retrain (fraction 0.75) is still miscalibrated, the second (0.5) is fine
-    retrained = {(2, 1): (0.39, 0.20), (2, 2): (0.17, 0.20)}
-    out = gating.decide_series(cfg, ECE[:4], ACC[:4], synthetic_fraction=1.0, retrained=retrained)
-    assert actions(out) == [(0, 0, "accept"), (1, 0, "accept"), (2, 0, "reduce_synthetic_ratio"),
-                            (2, 1, "reduce_synthetic_ratio"), (2, 2, "accept")]
-    assert [d.synthetic_fraction for d in out] == [1.0, 1.0, 0.75, 0.5, 0.5]
+    second = gating.decide(cfg, 2, 1, 0.39, 0.20, 0.15, 0.20, 1, first.synthetic_fraction)
+    assert (second.action, second.synthetic_fraction) == ("reduce_synthetic_ratio", 0.5)
+    third = gating.decide(cfg, 2, 2, 0.17, 0.20, 0.15, 0.20, 1, second.synthetic_fraction)
+    assert (third.action, third.synthetic_fraction, third.fired) == ("accept", 0.5, False)
 
 
 def test_reduce_synthetic_ratio_falls_back_to_rollback_at_the_floor():
     cfg = GateConfig(action="reduce_synthetic_ratio", ratio_step=0.5, min_synthetic_fraction=0.3)
-    out = gating.decide_series(cfg, ECE[:4], ACC[:4], synthetic_fraction=1.0)  # retrains change nothing
-    assert [(d.action, d.synthetic_fraction) for d in out[2:]] == [("reduce_synthetic_ratio", 0.5),
-                                                                  ("reduce_synthetic_ratio", 0.3), ("rollback", 0.3)]
+
+    def steps(fraction, lowest=0.0):
+        out = []
+        for attempt in range(3):  # retrains change nothing here
+            d = gating.decide(cfg, attempt=attempt, synthetic_fraction=fraction, lowest_fraction=lowest, **JUMP)
+            out.append((d.action, d.synthetic_fraction))
+            if d.action != "reduce_synthetic_ratio":
+                return out
+            fraction = d.synthetic_fraction
+        return out
+
+    assert steps(1.0) == [("reduce_synthetic_ratio", 0.5), ("reduce_synthetic_ratio", 0.3), ("rollback", 0.3)]
     # the seed pool's limit counts too: it cannot go below 0.8 here
-    out = gating.decide_series(cfg, ECE[:4], ACC[:4], synthetic_fraction=1.0, lowest_fraction=0.8)
-    assert [(d.action, d.synthetic_fraction) for d in out[2:]] == [("reduce_synthetic_ratio", 0.8), ("rollback", 0.8)]
+    assert steps(1.0, lowest=0.8) == [("reduce_synthetic_ratio", 0.8), ("rollback", 0.8)]
 
 
 def test_accuracy_gain_tolerates_a_rising_ece():

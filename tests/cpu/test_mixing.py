@@ -1,7 +1,6 @@
 """trainer.synthetic_fraction: the training set's synthetic / total is the configured fraction."""
 from fractions import Fraction
 
-import pyarrow as pa
 import pytest
 
 from drivers import mixing

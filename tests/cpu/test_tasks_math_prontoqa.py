@@ -11,7 +11,7 @@ import pytest
 
 from loopdistill.tasks import DataError, get_task
 from loopdistill.tasks.hendrycks_math import answers_match, boxed_answer, row_kind
-from loopdistill.tasks.io import read_records
+from loopdistill.tasks.io import read_numbered
 from loopdistill.tasks.prontoqa import FOLDER_FILES, read_rows
 from loopdistill.tasks.prontoqa_generator import generate_problem, generate_problems, solve
 
@@ -206,7 +206,7 @@ def test_solver_answers_every_real_question_in_five_hops(shared_data):
 
 
 def test_logic_lm_records_keep_label_mapping(shared_data):
-    raw = read_records(shared_data / "prontoqa" / "logic_llm_dev.json")
+    raw = [record for _, record in read_numbered(shared_data / "prontoqa" / "logic_llm_dev.json")]
     rows = read_rows(shared_data / "prontoqa" / "logic_llm_dev.json")
     assert [r["reference"] for r in rows] == [str(r["answer"] == "A") for r in raw]
     assert rows[0]["question"].startswith(raw[0]["context"]) and rows[0]["question"].endswith("True or false: Max is sour.")
