@@ -15,6 +15,7 @@ from typing import Optional
 import ray
 
 from actors.engines.openai_engine import RateLimiter
+from actors.group import ActorGroup, ResourceSpec
 
 
 class RateLimiterActor:
@@ -61,10 +62,15 @@ class SharedLimits:
             self.handle.refund.remote(int(tokens))  # no need to wait for it
 
 
-def start_limiter(requests_per_minute: Optional[float], tokens_per_minute: Optional[float]):
-    """A RateLimiterActor handle, or None when both limits are unlimited. It reserves no CPU (it only
-    does arithmetic) and restarts if its process dies (the buckets then start full again)."""
+# It only does arithmetic, so it reserves no CPU; if its process dies it restarts (its buckets then
+# start full again) and the calls it had in flight are retried on the restarted actor.
+LIMITER_SPEC = ResourceSpec(role="rate_limiter", num_cpus=0, max_restarts=-1, max_task_retries=-1)
+
+
+def start_limiter(requests_per_minute: Optional[float], tokens_per_minute: Optional[float],
+                  spec: ResourceSpec = LIMITER_SPEC):
+    """A RateLimiterActor handle started as an ActorGroup of `spec`, or None when both limits are
+    unlimited (RPM / TPM as in RateLimiterActor)."""
     if requests_per_minute is None and tokens_per_minute is None:
         return None
-    actor = ray.remote(RateLimiterActor).options(num_cpus=0, max_restarts=-1, max_task_retries=-1)
-    return actor.remote(requests_per_minute, tokens_per_minute)
+    return ActorGroup(RateLimiterActor, spec, [(requests_per_minute, tokens_per_minute)])[0]

@@ -15,7 +15,6 @@ import pyarrow as pa
 import torch
 
 from loopdistill.models import end_of_answer, format_prompt
-from loopdistill.schemas import SEEDS, TRAIN_EXAMPLES, make_table, project
 
 IGNORE_INDEX = -100  # label of tokens without loss (prompt, padding); torch cross_entropy's default
 
@@ -29,26 +28,10 @@ class Example:
     truncated: bool  # the completion was cut by max_seq_len
 
     @property
-    def num_loss_tokens(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE_INDEX)
-
-    @property
     def num_target_tokens(self) -> int:
         """Loss labels that a position predicts: all but a labelled first token (nothing predicts
         it). The count `completion_nll` takes for this example in any batch."""
         return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
-
-
-def to_train_examples(task, table: pa.Table, completions: list[str] | None = None) -> pa.Table:
-    """TRAIN_EXAMPLES from SEEDS-like rows (n): the task's answer prompt -> the completion, which is the
-    row's worked answer unless `completions` (n strings, e.g. the student's own answers) is given.
-    Training and the student's teacher-forced passes share it, so both see the same format."""
-    rows = project(table, SEEDS).to_pylist()
-    texts = completions if completions is not None else [r["answer"] for r in rows]
-    return make_table(
-        TRAIN_EXAMPLES,
-        [{"id": r["id"], "prompt": task.answer_prompt(r["question"]), "completion": c} for r, c in zip(rows, texts)],
-    )
 
 
 def tokenize_examples(

@@ -5,10 +5,10 @@ import math
 
 import pyarrow as pa
 
-from actors.engines import Generation, SamplingParams, build_engine
+from actors.engines import AdapterEngine, ForwardEngine, Generation, SamplingParams, build_engine
 from actors.runtime import BusyClock, inject_fault, pick_device, use_all_cpu_threads
 from loopdistill.config import StudentConfig
-from actors.sft_data import to_train_examples
+from loopdistill.training_data import to_train_examples
 from actors.student_signals import gradient_embeddings, reference_nll
 from loopdistill.schemas import (
     EMBEDDINGS,
@@ -39,8 +39,11 @@ class StudentScorerActor:
         if device == "cpu":
             use_all_cpu_threads()
         # 'vllm': LoRA through LoRARequest; forward-pass strategies (gt_loss, badge) need 'transformers'.
-        self.engine = build_engine(config.engine, config.model, task_name, config.batch_size, device,
-                                   vllm=config.vllm, enable_lora=True)
+        engine = build_engine(config.engine, config.model, task_name, config.batch_size, device,
+                              vllm=config.vllm, enable_lora=True)
+        if not isinstance(engine, AdapterEngine):
+            raise ValueError(f"student.engine {config.engine!r} cannot serve LoRA adapters (no set_adapter)")
+        self.engine: AdapterEngine = engine
         self.adapter_dir: str | None = None
         self.clock = BusyClock()
 
@@ -106,7 +109,7 @@ class StudentScorerActor:
         return model.use_chat_template, model.max_prompt_tokens, model.max_prompt_tokens + self.config.max_new_tokens
 
     def _forward_model(self, adapter_dir: str | None):
-        if not hasattr(self.engine, "serving_model"):
+        if not isinstance(self.engine, ForwardEngine):
             raise ValueError(
                 f"this strategy needs forward passes of the student; student.engine {type(self.engine).__name__} "
                 "does not give them: use student.engine 'transformers'"

@@ -3,23 +3,28 @@
 Paid once: every answer is written to the request cache the moment it arrives (HTTP: as each response
 completes, `max_concurrency` in flight; vLLM: as each request of the call's single engine batch
 finishes; transformers / programmatic: per `batch_size` batch), and every request sent is journaled
-before it leaves (actors/request_cache.SpendJournal). Each request's sampling seed comes from the call
-seed and its request_id (loopdistill.seeds.teacher_seed), never from how the pool shards the work, so a
-resumed run finds every answered request in the cache.
+before it leaves (actors/request_cache.SpendJournal). Each request arrives with its sampling seed and
+its prompt's token count (the teacher client derived and counted them once), so an answer's cache key
+never depends on how the pool shards the work, and a resumed run finds every answered request.
 """
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import pyarrow as pa
 
-from actors.engines import Generation, SamplingParams, build_engine
+from actors.engines import Generation, JudgeItem, SamplingParams, StreamingEngine, build_engine
 from actors.request_cache import RequestCache, SpendJournal, request_key
 from actors.runtime import BusyClock, inject_fault, pick_device, use_all_cpu_threads
 from loopdistill.config import TeacherConfig
-from loopdistill.schemas import TEACHER_REQUESTS, TEACHER_RESPONSES, make_table, require_columns
-from loopdistill.seeds import teacher_seed
+from loopdistill.judging import judge_prompt
+from loopdistill.schemas import JUDGE_SENDS, TEACHER_RESPONSES, TEACHER_SENDS, make_table, require_columns
+
+# How the uncached requests of a call reach the engine: indices into the call's rows, with their seeds
+# and prompt token counts (and, streamed, the send log); see TeacherActor._answer.
+_Stream = Callable[[list[int], list[int], list[int], "_SendLog"], Iterator[tuple[int, "Generation | Exception"]]]
+_Batch = Callable[[list[int], list[int], list[int]], list[Generation]]
 
 
 class TeacherRequestsFailed(RuntimeError):
@@ -28,7 +33,7 @@ class TeacherRequestsFailed(RuntimeError):
 
 
 class _SendLog:
-    """What an engine tells the journal about each request it sends (see Engine.stream)."""
+    """What an engine tells the journal about each request it sends (see StreamingEngine.stream)."""
 
     def __init__(self, journal: Optional[SpendJournal], max_new_tokens: int):
         self.journal, self.max_new = journal, max_new_tokens
@@ -96,29 +101,80 @@ class TeacherActor:
         """Input tokens each prompt would cost (chat template included)."""
         return self.engine.count_tokens(prompts)
 
-    def generate(self, requests: pa.Table, seed: int, max_new_tokens: int | None = None,
+    def generate(self, sends: pa.Table, max_new_tokens: int | None = None,
                  temperature: float | None = None) -> pa.Table:
-        """Answer every request. requests: TEACHER_REQUESTS; returns TEACHER_RESPONSES in order, with
-        `cached` True for answers served from the request cache (already paid for, not charged again).
-        seed: the call's seed; request i samples with teacher_seed(seed, request_id_i) (greedy
-        requests with 0: they need none, and identical greedy prompts then share one answer).
-        max_new_tokens / temperature override the config's for this call (e.g. a short, greedy judge).
-        A request that failed for good gets an empty text and zero tokens (counted in `stats`).
+        """Answer every request. sends: TEACHER_SENDS (n rows: request_id, prompt, the request's
+        sampling seed, 0 for greedy so identical greedy prompts share one answer, and the prompt's
+        input tokens as counted by the caller, which the spend journal reserves and HTTP rate limits
+        use; nothing is counted again here). Returns TEACHER_RESPONSES (n rows, in order) with `cached`
+        True for answers served from the request cache (already paid for, not charged again).
+        max_new_tokens / temperature override the config's for this call. A request that failed for
+        good gets an empty text and zero tokens (counted in `stats`).
 
         Raises:
+            SchemaError: `sends` lacks a TEACHER_SENDS column.
             TeacherRequestsFailed: every request that had to be sent failed for good.
         """
-        require_columns(requests, TEACHER_REQUESTS, "TeacherActor.generate")
+        require_columns(sends, TEACHER_SENDS, "TeacherActor.generate")
         cfg = self.config
         temp = cfg.temperature if temperature is None else temperature
         params = SamplingParams(max_new_tokens or cfg.max_new_tokens, temp, cfg.top_p, seed=0)
-        prompts = requests.column("prompt").to_pylist()
-        rids = requests.column("request_id").to_pylist()
-        seeds = [teacher_seed(seed, rid) if temp > 0 else 0 for rid in rids]
+        prompts = sends.column("prompt").to_pylist()
+
+        def stream(rows, seeds, tokens, log):
+            return self.engine.stream([prompts[i] for i in rows], params, seeds, log=log, input_tokens=tokens)
+
+        def batch(rows, seeds, tokens):
+            return self.engine.generate([prompts[i] for i in rows], params, seeds, input_tokens=tokens)
+
+        return self._answer(sends, params, stream, batch)
+
+    def judge(self, sends: pa.Table, max_new_tokens: int) -> pa.Table:
+        """Greedy pairwise verdicts (MT-Bench format, loopdistill.judging). sends: JUDGE_SENDS (n rows:
+        request_id, question, answer_a, answer_b, `prompt` = judging.judge_prompt of the three, which
+        keys the request cache, its seed and its input tokens as counted by the caller); max_new_tokens:
+        the reply's length limit. Returns TEACHER_RESPONSES (n rows, in order; `text` is the verdict),
+        cached and persisted like `generate`.
+
+        A streaming engine (vLLM, HTTP) generates each `prompt`, which is what an LLM engine's
+        JudgeEngine.judge generates, streamed so every verdict is cached and journaled as it arrives
+        and a request that fails for good is counted, not raised; other engines are asked
+        `engine.judge` per `batch_size` items (the programmatic engine asks its verifier).
+
+        Raises:
+            SchemaError: `sends` lacks a JUDGE_SENDS column.
+            ValueError: a row's prompt is not the judge prompt of its question and answers.
+            TeacherRequestsFailed: every request that had to be sent failed for good.
+        """
+        require_columns(sends, JUDGE_SENDS, "TeacherActor.judge")
+        params = SamplingParams(max_new_tokens, 0.0, self.config.top_p, seed=0)
+        prompts = sends.column("prompt").to_pylist()
+        items = [JudgeItem(*row) for row in zip(*(sends.column(c).to_pylist() for c in ("question", "answer_a", "answer_b")))]
+        for rid, prompt, item in zip(sends.column("request_id").to_pylist(), prompts, items):
+            # The prompt is the cache key and what was counted; a different text would be paid for under
+            # another request's key.
+            if prompt != judge_prompt(*item):
+                raise ValueError(f"TeacherActor.judge: request {rid!r}: prompt is not judge_prompt(question, answer_a, answer_b)")
+
+        def stream(rows, seeds, tokens, log):
+            return self.engine.stream([prompts[i] for i in rows], params, seeds, log=log, input_tokens=tokens)
+
+        def batch(rows, seeds, tokens):
+            return self.engine.judge([items[i] for i in rows], params, seeds, input_tokens=tokens)
+
+        return self._answer(sends, params, stream, batch)
+
+    def _answer(self, sends: pa.Table, params: SamplingParams, stream: _Stream, batch: _Batch) -> pa.Table:
+        """TEACHER_RESPONSES for `sends` (rows with request_id, prompt, seed, input_tokens): cached
+        answers from the request cache, the others from `stream` (streaming engines) or `batch`."""
+        rids = sends.column("request_id").to_pylist()
+        prompts = sends.column("prompt").to_pylist()
+        seeds = sends.column("seed").to_pylist()
+        tokens = sends.column("input_tokens").to_pylist()
         namespace = self.cache_namespace()
         keys = [request_key(namespace, p, replace(params, seed=s)) for p, s in zip(prompts, seeds)]
         cached = self.cache.get_many(keys) if self.cache else {}
-        fresh = self._generate_missing(prompts, seeds, keys, cached, params)
+        fresh = self._generate_missing(keys, seeds, tokens, cached, params, stream, batch)
         rows = []
         for rid, key in zip(rids, keys):
             gen = cached.get(key) or fresh.get(key) or Generation(text="", input_tokens=0, output_tokens=0)
@@ -139,9 +195,10 @@ class TeacherActor:
             namespace += f"|{redact_url(cfg.openai.base_url).rstrip('/')}|{cfg.openai.model}"
         return namespace
 
-    def _generate_missing(self, prompts, seeds, keys, cached, params) -> dict[str, Generation]:
-        """Generate the uncached requests, persisting each answer as soon as it exists (streaming
-        engines) or each batch (the others). Failed requests are left out of the result."""
+    def _generate_missing(self, keys, seeds, tokens, cached, params, stream: _Stream, batch: _Batch) -> dict[str, Generation]:
+        """Generate the uncached requests (each distinct key once, at its first row), persisting each
+        answer as soon as it exists (streaming engines) or each batch (the others). Failed requests
+        are left out of the result."""
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key not in cached:
@@ -149,14 +206,15 @@ class TeacherActor:
         todo = list(first)
         if not todo:
             return {}
-        todo_prompts = [prompts[first[k]] for k in todo]
-        todo_seeds = [seeds[first[k]] for k in todo]
+        todo_rows = [first[k] for k in todo]
+        todo_seeds = [seeds[i] for i in todo_rows]
+        todo_tokens = [tokens[i] for i in todo_rows]
         log = _SendLog(self.journal, params.max_new_tokens)
         fresh: dict[str, Generation] = {}
         errors: list[Exception] = []
         with self.clock.measure():
-            if hasattr(self.engine, "stream"):
-                for index, result in self.engine.stream(todo_prompts, params, todo_seeds, log=log):
+            if isinstance(self.engine, StreamingEngine):
+                for index, result in stream(todo_rows, todo_seeds, todo_tokens, log):
                     if isinstance(result, Exception):
                         errors.append(result)
                         continue
@@ -165,10 +223,10 @@ class TeacherActor:
             else:
                 size = self.config.batch_size
                 for start in range(0, len(todo), size):
-                    batch = todo[start : start + size]
-                    tokens = log.sent_many(self.engine.count_tokens(todo_prompts[start : start + size]))
-                    gens = self.engine.generate(todo_prompts[start : start + size], params, todo_seeds[start : start + size])
-                    for key, token, gen in zip(batch, tokens, gens):
+                    part = slice(start, start + size)
+                    sent = log.sent_many(todo_tokens[part])
+                    gens = batch(todo_rows[part], todo_seeds[part], todo_tokens[part])
+                    for key, token, gen in zip(todo[part], sent, gens):
                         log.answered(token, gen.input_tokens, gen.output_tokens)
                         self._keep(key, gen, fresh)
                     inject_fault("teacher.generate")  # dies after a persisted batch, before the rest

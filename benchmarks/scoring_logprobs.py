@@ -4,7 +4,7 @@ Free path (ours): the mean NLL of the greedy answer is read from the logits `gen
 computed. Baseline: generate, then a second forward pass over prompt + answer to score the answer.
 Same model, prompts and process; reports seconds of each and their ratio, and checks both losses agree.
 
-    python benchmarks/scoring_logprobs.py --model smollm2 --n 32 --max-new-tokens 64
+    PYTHONPATH=. python benchmarks/scoring_logprobs.py --model smollm2 --n 32 --max-new-tokens 64
 """
 from __future__ import annotations
 

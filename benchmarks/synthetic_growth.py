@@ -1,15 +1,16 @@
 """Does the synthetic set keep growing at study sizes? The programmatic teacher, without a student.
 
-Replays the generate stage of the loop (drivers/loop.py) on its own: every iteration all `--seeds`
-seeds of the pool are rewritten (m = pool size, the largest selection a study makes) with `--k`
-few-shot examples, by the task's programmatic teacher with the engine's per-prompt random stream; the
+Replays the loop's generate stage on its own: every iteration all `--seeds` seeds of the pool are
+rewritten (m = pool size, the largest selection a study makes) with `--k` few-shot examples, by the
+task's programmatic teacher with the random stream the engine draws for each request (its seed from
+loopdistill.seeds.request_seed, as the teacher client gives it); the
 rewrites are parsed, decontaminated against the validation and test questions, and deduplicated against
 everything kept before. Prints, per iteration, the new distinct questions kept, and the rewrites dropped
 as duplicates and as evaluation questions. Game of 24 runs once per `--max-numbers` value (evaluation
 stays on the ToT rows 900-999 of 24.csv); ProntoQA once (seeds from the coconut test file, validation from
 its valid file, test from Logic-LM).
 
-    python benchmarks/synthetic_growth.py --seeds 768 --iterations 6 --max-numbers 13 20 25 30 50
+    PYTHONPATH=. python benchmarks/synthetic_growth.py --seeds 768 --iterations 6 --max-numbers 13 20 25 30 50
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import time
 from benchmarks.common import data_root
 from drivers import decontamination, synthesis
 from loopdistill.schemas import TEACHER_RESPONSES, make_table
+from loopdistill.seeds import request_seed
 from loopdistill.tasks import Task, get_task
 
 
@@ -32,8 +34,9 @@ def simulate(task: Task, splits, iterations: int, k: int, threshold: float, seed
     out = []
     for t in range(iterations):
         requests = synthesis.rewrite_requests(task, pool, pool, k, t, seed)
-        engine_seed = seed + 2 * t  # one random stream per (round, prompt), as the engine draws per request
-        texts = [task.programmatic_teacher(p, random.Random(f"{engine_seed}\n{p}")) for p in requests.column("prompt").to_pylist()]
+        # The programmatic engine draws one random stream per (request seed, prompt).
+        seeds = [request_seed(seed, t, "rewrite", rid) for rid in requests.column("request_id").to_pylist()]
+        texts = [task.programmatic_teacher(p, random.Random(f"{s}\n{p}")) for p, s in zip(requests.column("prompt").to_pylist(), seeds)]
         responses = make_table(TEACHER_RESPONSES, [{"request_id": str(i), "text": x, "input_tokens": 0, "output_tokens": 0, "cached": False} for i, x in enumerate(texts)])
         candidates, bad = synthesis.parse_rewrites(task, pool, responses)
         candidates, contaminated = decontamination.decontaminate(candidates, index)

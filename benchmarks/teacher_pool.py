@@ -1,8 +1,9 @@
-"""TeacherPool on vLLM vs one raw `vllm.LLM.generate` call on the same GSM8K prompts, in one script.
+"""The teacher call of a run on vLLM vs one raw `vllm.LLM.generate` call on the same GSM8K prompts, in one script.
 
 Baseline: one `vllm.LLM.generate` call with every prompt (same engine settings, token ids and
-per-request seeds as the pool's). Ours: `TeacherPool(engine="vllm")` at its default config (Ray actor,
-request cache and spend journal written per answer, Arrow tables in and out). Prints one JSON line:
+per-request seeds as the run's). Ours: `TeacherClient.ask` over `TeacherPool(engine="vllm")` at its
+default config, as a run calls it (prompt tokens counted once on replica 0, an unlimited budget
+ledger, Ray actor, request cache and spend journal written per answer, Arrow tables in and out). Prints one JSON line:
 output tokens/s of each and pool/raw (target >= 0.95). `--replicas N` instead compares a pool of N
 replicas (one GPU each) with a pool of one on the same prompts (target >= 1.8x for N = 2).
 
@@ -65,18 +66,26 @@ def raw_vllm(model: str, vcfg, prompts: list[str], params, seeds: list[int], dev
 
 
 def pool_run(cfg, requests, seed: int, warm) -> tuple[float, int, int]:
-    """(seconds, output tokens, replicas) of one TeacherPool.generate call over `requests`."""
-    from actors.teacher import TeacherPool
+    """(seconds, output tokens, replicas) of one TeacherClient.ask call over `requests` (run seed
+    `seed`, iteration 0, purpose "answer"), as a run sends it."""
+    from actors.teacher_pool import TeacherPool
+    from drivers.actor_group import teacher_spec
+    from drivers.budget import BudgetLedger
+    from drivers.teacher_client import TeacherClient
+    from loopdistill.config import BudgetConfig
 
     tmp = tempfile.mkdtemp()
-    pool = TeacherPool(cfg, "gsm8k", cache_path=os.path.join(tmp, "cache.sqlite"), journal_path=os.path.join(tmp, "journal.jsonl"))
-    pool.generate(warm, seed=seed + 1)  # warm-up: loads every replica; other request ids, not cached below
+    pool = TeacherPool(cfg, "gsm8k", teacher_spec(cfg), cache_path=os.path.join(tmp, "cache.sqlite"),
+                       journal_path=os.path.join(tmp, "journal.jsonl"))
+    client = TeacherClient(pool, BudgetLedger(BudgetConfig()), seed, cfg)
+    client.ask(warm, 0, "warm-up")  # loads every replica; other request ids and seeds, not cached below
     t0 = time.perf_counter()
-    out = pool.generate(requests, seed=seed)
+    out = client.ask(requests, 0, "answer").responses
     seconds = time.perf_counter() - t0
     tokens = sum(out.column("output_tokens").to_pylist())
+    replicas = len(pool.replicas)  # before shutdown, which empties the group
     pool.shutdown()
-    return seconds, tokens, len(pool.replicas)
+    return seconds, tokens, replicas
 
 
 def main() -> None:
@@ -84,9 +93,10 @@ def main() -> None:
     import ray
     import torch
 
-    from actors.engines import SamplingParams, teacher_seed
+    from actors.engines import SamplingParams
     from loopdistill.config import TeacherConfig, VLLMConfig
     from loopdistill.schemas import TEACHER_REQUESTS, make_table
+    from loopdistill.seeds import request_seed
 
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
@@ -95,8 +105,8 @@ def main() -> None:
     requests = make_table(TEACHER_REQUESTS, [{"request_id": f"q{i}", "prompt": p} for i, p in enumerate(prompts)])
     warm = make_table(TEACHER_REQUESTS, [{"request_id": f"warm{i}", "prompt": p} for i, p in enumerate(prompts[:8])])
     seed = 0
-    # The seeds the pool's replicas derive per request (TeacherActor.generate), so both sides do the same work.
-    seeds = [teacher_seed(seed, f"q{i}") for i in range(args.n)]
+    # The seeds TeacherClient.ask gives each request (iteration 0, purpose "answer"), so both sides do the same work.
+    seeds = [request_seed(seed, 0, "answer", f"q{i}") for i in range(args.n)]
     cfg = TeacherConfig(engine="vllm", model={"path": args.model}, vllm=vcfg, temperature=args.temperature,
                         max_new_tokens=args.max_new_tokens, num_gpus=1 if gpu else 0)
     result = {"benchmark": "teacher pool (vLLM)", "model": args.model, "device": device,

@@ -9,7 +9,7 @@ Timed: one whole train call from the caller's side, the model already loaded: to
 LoRA, optimizer steps, saving the adapter (ours adds Ray transfer and DeepSpeed's engine set-up).
 Tokens = non-padding tokens (prompt + completion) of the steps. Reports tokens/s of each and ours/plain.
 
-    python benchmarks/trainer_throughput.py --model smollm2 --batch-size 4 --steps 8 --max-seq-len 256
+    PYTHONPATH=. python benchmarks/trainer_throughput.py --model smollm2 --batch-size 4 --steps 8 --max-seq-len 256
 """
 from __future__ import annotations
 
@@ -94,10 +94,12 @@ def time_plain(args, table: pa.Table, warmup: pa.Table, model: ModelConfig, gpu:
 def time_ours(args, table: pa.Table, warmup: pa.Table, model: ModelConfig, gpu: bool, out: str) -> tuple[int, float, dict]:
     """(tokens, seconds, result) of the timed TrainerGroup.train call, seen from the caller."""
     from actors.trainer import TrainerGroup
+    from drivers.actor_group import trainer_spec
 
     os.environ["PYTHONPATH"] = os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])
     ray.init(include_dashboard=False, configure_logging=False)
-    group = TrainerGroup(trainer_config(args, gpu, args.steps), model, ready_timeout_s=300)
+    cfg = trainer_config(args, gpu, args.steps)
+    group = TrainerGroup(cfg, model, trainer_spec(cfg), ready_timeout_s=300)
     empty = table.slice(0, 0)  # no validation: the last (only) epoch is kept, as in the plain loop
     try:
         group.train(warmup, empty, os.path.join(out, "ours-warm"))

@@ -1,14 +1,94 @@
-"""The long-lived actors of one run, started from its config: teacher pool, student scorer, trainer
-group, and the reward model when the strategy reads one."""
+"""The long-lived actors of one run and the resources they hold, both from its config.
+
+`resource_specs(config)` is the one place a run's resources are declared (teacher replicas, rate
+limiter, student scorer, reward model, trainer ranks); `start_actors` starts every role from it as an
+actors.group.ActorGroup, the study runner (drivers/study.py) sizes its concurrent runs from it, and
+the run directory's resources.json records it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import ray
+from actors.group import ActorGroup, ResourceSpec
+from actors.rate_limiter import LIMITER_SPEC
+from actors.teacher_pool import shares_rate_limit
+from loopdistill.config import RewardConfig, RunConfig, StudentConfig, TeacherConfig, TrainerConfig
+from loopdistill.strategy_specs import STRATEGY_SPECS
 
-from drivers.strategies import STRATEGIES
-from loopdistill.config import RunConfig
+TEACHER_JOURNAL = "teacher_journal.jsonl"  # the SpendJournal of teacher requests sent, in the run dir
+RESOURCES_FILE = "resources.json"  # resource_specs of the run, {role: ResourceSpec fields}, in the run dir
+
+
+def teacher_spec(config: TeacherConfig) -> ResourceSpec:
+    """Teacher replicas: restarted and their calls retried `max_restarts` times (generate and judge are
+    idempotent: an answer already paid for comes back from the request cache)."""
+    return ResourceSpec(
+        role="teacher", replicas=config.num_replicas, num_cpus=config.num_cpus, num_gpus=config.num_gpus,
+        max_restarts=config.max_restarts, max_task_retries=config.max_restarts,
+    )
+
+
+def student_spec(config: StudentConfig) -> ResourceSpec:
+    """The student scorer: its calls take the adapter as an argument, so a call retried on a restarted
+    actor is exact."""
+    return ResourceSpec(
+        role="student", num_cpus=config.num_cpus, num_gpus=config.num_gpus,
+        max_restarts=config.max_restarts, max_task_retries=config.max_restarts,
+    )
+
+
+def reward_spec(config: RewardConfig) -> ResourceSpec:
+    """The reward model (scoring is a pure function of its inputs, so retries are exact)."""
+    return ResourceSpec(
+        role="reward", num_cpus=config.num_cpus, num_gpus=config.num_gpus,
+        max_restarts=config.max_restarts, max_task_retries=config.max_restarts,
+    )
+
+
+def trainer_spec(config: TrainerConfig) -> ResourceSpec:
+    """Trainer ranks: one bundle per rank packed in one placement group; a rank never restarts alone
+    (it could not rejoin the process group), the whole group restarts `max_restarts` times per step.
+    CPU ranks run DeepSpeed's CPU accelerator (DS_ACCELERATOR=cpu)."""
+    return ResourceSpec(
+        role="trainer", replicas=config.num_ranks, num_cpus=config.num_cpus_per_rank,
+        num_gpus=config.num_gpus_per_rank, max_restarts=0, max_task_retries=0, placement="pack",
+        env_vars={} if config.num_gpus_per_rank > 0 else {"DS_ACCELERATOR": "cpu"},
+        group_restarts=config.max_restarts,
+    )
+
+
+def uses_reward_model(config: RunConfig) -> bool:
+    """The strategy reads rewards, and they come from a model (not the verifier)."""
+    return "reward" in STRATEGY_SPECS[config.loop.strategy].needs and config.reward.source == "model"
+
+
+def resource_specs(config: RunConfig) -> dict[str, ResourceSpec]:
+    """Every role a run starts, by role name, in start order: "teacher", "rate_limiter" (an HTTP
+    teacher with RPM/TPM limits), "student", "trainer", "reward" (a reward-model strategy)."""
+    specs = {"teacher": teacher_spec(config.teacher)}
+    if shares_rate_limit(config.teacher):
+        specs["rate_limiter"] = LIMITER_SPEC
+    specs["student"] = student_spec(config.student)
+    specs["trainer"] = trainer_spec(config.trainer)
+    if uses_reward_model(config):
+        specs["reward"] = reward_spec(config.reward)
+    return specs
+
+
+def describe_resources(specs: dict[str, ResourceSpec]) -> str:
+    """One line for errors and logs, e.g. "teacher 2 x {'CPU': 0.5}, trainer 1 x {'CPU': 1.0} (pack)"."""
+    return ", ".join(
+        f"{role} {spec.replicas} x {spec.bundle() or 'no resources'}" + (f" ({spec.placement})" if spec.placement else "")
+        for role, spec in specs.items()
+    )
+
+
+def write_resources(specs: dict[str, ResourceSpec], run_dir: Path) -> Path:
+    """Write `specs` to run_dir/resources.json ({role: fields}); returns the path."""
+    path = Path(run_dir) / RESOURCES_FILE
+    path.write_text(json.dumps({role: spec.to_dict() for role, spec in specs.items()}, indent=2) + "\n")
+    return path
 
 
 @dataclass
@@ -19,37 +99,53 @@ class Actors:
     student: object  # ray ActorHandle of StudentScorerActor
     trainer: object  # actors.trainer.TrainerGroup
     reward: object = None  # ray ActorHandle of RewardModelActor, when the strategy reads a reward model
+    groups: list = field(default_factory=list)  # the student's and reward model's ActorGroups
 
     def shutdown(self) -> None:
+        """Kill every actor and free the trainer's placement group."""
         self.teacher.shutdown()
         self.trainer.shutdown()
-        ray.kill(self.student)
-        if self.reward is not None:
-            ray.kill(self.reward)
+        for group in self.groups:
+            group.shutdown()
 
 
 def start_actors(config: RunConfig, run_dir: Path) -> Actors:
-    """Create the teacher pool, the student scorer and the trainer group (resources from config).
-    The teacher's paid-once request cache and its spend journal live in the run directory."""
+    """Start every role of `resource_specs(config)` (written first to run_dir/resources.json): the
+    teacher pool (its paid-once request cache and spend journal live in the run directory), the
+    student scorer, the trainer group, and the reward model when the strategy reads one. If a role
+    fails to start, the roles already started are shut down.
+
+    Raises:
+        TimeoutError: the trainer's placement group is not placed (message names role, bundles and
+            the cluster's resources).
+    """
+    from actors.reward import RewardModelActor
     from actors.student import StudentScorerActor
     from actors.teacher_pool import TeacherPool
     from actors.trainer import TrainerGroup
 
-    student = ray.remote(StudentScorerActor).options(
-        num_cpus=config.student.num_cpus, num_gpus=config.student.num_gpus,
-        # predict() takes the adapter as an argument, so a retried call on a restarted actor is exact.
-        max_restarts=config.student.max_restarts, max_task_retries=config.student.max_restarts,
-    )
-    return Actors(
-        teacher=TeacherPool(config.teacher, config.task.name, str(run_dir / "teacher_cache.sqlite"),
-                            str(run_dir / TEACHER_JOURNAL)),
-        student=student.remote(config.student, config.task.name),
-        trainer=TrainerGroup(config.trainer, config.student.model),
-        reward=start_reward_model(config),
-    )
-
-
-TEACHER_JOURNAL = "teacher_journal.jsonl"  # the SpendJournal of teacher requests sent, in the run dir
+    specs = resource_specs(config)
+    write_resources(specs, run_dir)
+    started: list = []
+    try:
+        teacher = TeacherPool(config.teacher, config.task.name, specs["teacher"], str(run_dir / "teacher_cache.sqlite"),
+                              str(run_dir / TEACHER_JOURNAL), limiter_spec=specs.get("rate_limiter", LIMITER_SPEC))
+        started.append(teacher)
+        student = ActorGroup(StudentScorerActor, specs["student"], [(config.student, config.task.name)])
+        started.append(student)
+        trainer = TrainerGroup(config.trainer, config.student.model, specs["trainer"])
+        started.append(trainer)
+        reward = None
+        if "reward" in specs:
+            reward = ActorGroup(RewardModelActor, specs["reward"], [(config.reward,)])
+            started.append(reward)
+    except BaseException:
+        for one in reversed(started):
+            one.shutdown()
+        raise
+    groups = [student] + ([reward] if reward is not None else [])
+    return Actors(teacher=teacher, student=student[0], trainer=trainer, reward=reward[0] if reward is not None else None,
+                  groups=groups)
 
 
 def preflight_teacher(config: RunConfig) -> None:
@@ -64,16 +160,3 @@ def preflight_teacher(config: RunConfig) -> None:
         from actors.engines.openai_engine import preflight
 
         preflight(oc)
-
-
-def start_reward_model(config: RunConfig):
-    """A RewardModelActor when the strategy reads rewards from a model (None otherwise)."""
-    from actors.reward import RewardModelActor
-
-    if "reward" not in STRATEGIES[config.loop.strategy].needs or config.reward.source != "model":
-        return None
-    rc = config.reward
-    actor = ray.remote(RewardModelActor).options(
-        num_cpus=rc.num_cpus, num_gpus=rc.num_gpus, max_restarts=rc.max_restarts, max_task_retries=rc.max_restarts
-    )
-    return actor.remote(rc)

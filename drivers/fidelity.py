@@ -1,7 +1,8 @@
 """Fidelity of selection and synthesis, per iteration (the analysis of Kessler et al. 2025,
 arXiv 2512.00884, Sec. 5): are the selected seeds harder than the pool, does the synthetic data stay
 close to the seed distribution, and does a hard seed give a hard child under the same student?
-Pure functions; the driver logs their output to MLflow.
+Pure functions except `synthesis_fidelity`, which asks the student (a Ray call) to score the new
+questions; the runner logs their output to MLflow.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The judge_hard / lion signal: the teacher answers each seed, then judges its answer against the
 student's in both orders (MT-Bench pairwise, Zheng et al. 2023, Sec. 3.1/3.3; LION, Jiang et al. 2023,
-Sec. 2.3). Pure request building and parsing; the driver sends the requests through the teacher pool,
+Sec. 2.3). Pure request building and parsing; the driver sends the requests through the teacher client,
 so every judge token is charged to the teacher budget.
 """
 from __future__ import annotations
@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from loopdistill.judging import judge_prompt, parse_verdict
-from loopdistill.schemas import TEACHER_REQUESTS, TEACHER_RESPONSES, make_table, require_columns
+from loopdistill.judging import parse_verdict
+from loopdistill.schemas import JUDGE_REQUESTS, TEACHER_REQUESTS, TEACHER_RESPONSES, make_table, require_columns
 from loopdistill.tasks import Task
 
 
@@ -36,12 +36,14 @@ def teacher_answer_requests(task: Task, seeds: list[dict], iteration: int) -> pa
 
 
 def judge_requests(seeds: list[dict], teacher_answers: list[str], student_answers: list[str], iteration: int) -> pa.Table:
-    """TEACHER_REQUESTS: two per seed, teacher's answer first ("ab") and student's answer first ("ba")."""
+    """JUDGE_REQUESTS: two per seed (SEEDS row dicts, with the teacher's and the student's answer
+    text at the same position), teacher's answer first ("ab") and student's answer first ("ba")."""
     rows = []
     for seed, teacher, student in zip(seeds, teacher_answers, student_answers):
-        rows.append({"request_id": f"it{iteration}-judge-ab-{seed['id']}", "prompt": judge_prompt(seed["question"], teacher, student)})
-        rows.append({"request_id": f"it{iteration}-judge-ba-{seed['id']}", "prompt": judge_prompt(seed["question"], student, teacher)})
-    return make_table(TEACHER_REQUESTS, rows)
+        question = seed["question"]
+        rows.append({"request_id": f"it{iteration}-judge-ab-{seed['id']}", "question": question, "answer_a": teacher, "answer_b": student})
+        rows.append({"request_id": f"it{iteration}-judge-ba-{seed['id']}", "question": question, "answer_a": student, "answer_b": teacher})
+    return make_table(JUDGE_REQUESTS, rows)
 
 
 def parse_verdicts(responses: pa.Table, n: int) -> Verdicts:

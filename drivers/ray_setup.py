@@ -14,9 +14,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def logical_cpus_needed(config: RunConfig) -> float:
-    """CPUs the actors reserve: teacher replicas + student + trainer ranks."""
-    t, s, tr = config.teacher, config.student, config.trainer
-    return t.num_replicas * t.num_cpus + s.num_cpus + tr.num_ranks * tr.num_cpus_per_rank
+    """CPUs the actors of one run reserve: the sum over its resource specs
+    (drivers.actor_group.resource_specs: teacher replicas, rate limiter, student, trainer ranks, and
+    the reward model when the strategy reads one)."""
+    from drivers.actor_group import resource_specs
+
+    return sum(cpus for spec in resource_specs(config).values() for cpus, _ in spec.demand())
 
 
 def init_ray(config: RunConfig, run_dir: Optional[Path] = None, verbose: bool = True) -> None:

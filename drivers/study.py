@@ -36,6 +36,7 @@ from typing import Optional
 
 import ray
 
+from drivers.actor_group import describe_resources, resource_specs
 from drivers.study_report import find_run_dir, write_report
 from loopdistill.config import ConfigError, RunConfig, build_config, dump_config, load_config
 from loopdistill.secrets import REDACTED, redact
@@ -93,16 +94,10 @@ def child_config(base: RunConfig, strategy: str, seed: int, study_dir: Path, uri
 
 
 def run_demand(config: RunConfig) -> list[tuple[float, float]]:
-    """(CPUs, GPUs) of each actor one run starts: teacher replicas, the student, trainer ranks, and the
-    reward model when the strategy reads one."""
-    from drivers.strategies import STRATEGIES
-
-    t, s, tr, rw = config.teacher, config.student, config.trainer, config.reward
-    actors = [(t.num_cpus, t.num_gpus)] * t.num_replicas + [(s.num_cpus, s.num_gpus)]
-    actors += [(tr.num_cpus_per_rank, tr.num_gpus_per_rank)] * tr.num_ranks
-    if "reward" in STRATEGIES[config.loop.strategy].needs and rw.source == "model":
-        actors.append((rw.num_cpus, rw.num_gpus))
-    return actors
+    """(CPUs, GPUs) of each actor one run starts, from the run's resource specs
+    (drivers.actor_group.resource_specs: teacher replicas, rate limiter, student, trainer ranks, reward
+    model)."""
+    return [one for spec in resource_specs(config).values() for one in spec.demand()]
 
 
 def runs_that_fit(demands: list[list[tuple[float, float]]], cpus: float, gpus: float) -> int:
@@ -272,7 +267,8 @@ def run_study(config_path: Optional[str], strategies: list[str], replicates: int
         cluster = ray.cluster_resources()
         fit = runs_that_fit([run_demand(children[n]) for n, _ in todo], cluster.get("CPU", 0), cluster.get("GPU", 0))
         if todo and fit == 0:
-            raise ConfigError(f"one child run needs {run_demand(children[todo[0][0]])} (CPUs, GPUs) per actor; the cluster has {cluster}")
+            needs = describe_resources(resource_specs(children[todo[0][0]]))
+            raise ConfigError(f"one child run needs {needs} (per actor); the cluster has {cluster}")
         limit = min(fit, max_concurrent or fit)
         log.info("study %s: %d children, %d to run, up to %d at once (%s)", spec["name"], len(children), len(todo), limit, study_dir)
         options = {"runtime_env": {"env_vars": dict(env_vars)}} if env_vars else {}

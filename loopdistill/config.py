@@ -1,10 +1,12 @@
 """Run configuration: YAML -> typed, validated objects, with `section.key=value` overrides.
 
 Each actor gets its own small section (TeacherConfig, StudentConfig, TrainerConfig), never the whole
-RunConfig. Unknown keys are errors, so a typo names the bad field instead of being ignored.
+RunConfig. Unknown keys are errors, so a typo names the bad field instead of being ignored (one
+exception: a stale `teacher.seed` from an old run's config.json is dropped, see TeacherConfig).
 """
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Literal, Optional
@@ -12,7 +14,8 @@ from typing import Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from loopdistill.secrets import redact
+from loopdistill.engine_registry import check_engine
+from loopdistill.secrets import ENV_VAR_NAME, redact
 from loopdistill.strategy_specs import STRATEGY_SPECS
 from loopdistill.tasks import TASKS
 
@@ -111,15 +114,13 @@ class OpenAIConfig(_Section):
     @classmethod
     def _env_var_name(cls, name: Optional[str]) -> Optional[str]:
         # A pasted key in place of a variable name must not be echoed back (the error omits the value).
-        from loopdistill.secrets import ENV_VAR_NAME
-
         if name is not None and not ENV_VAR_NAME.match(name):
             raise ValueError("must be the NAME of an environment variable holding the key (upper-case letters, digits, _), not the key itself")
         return name
 
 
 class TeacherConfig(_Section):
-    engine: Literal["transformers", "programmatic", "vllm", "openai"] = "programmatic"
+    engine: str = Field("programmatic", description="a teacher engine of loopdistill.engine_registry")
     model: ModelConfig = Field(default_factory=ModelConfig)
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="used by engine 'vllm'")
     openai: OpenAIConfig = Field(
@@ -136,11 +137,25 @@ class TeacherConfig(_Section):
         "a whole call at once and 'openai' keeps openai.max_concurrency in flight, each storing every answer as it arrives"
     )
     max_restarts: int = Field(1, ge=0, description="restarts of a dead replica; its call is retried as often")
-    seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_stale_seed(cls, data):
+        # teacher.seed was read nowhere (a request's sampling seed comes from loop.seed, iteration, purpose
+        # and request id: loopdistill.seeds) and is gone. The config.json of every run started before
+        # holds it (`"seed": 0`); it is dropped here, whatever its value, so those runs still resume.
+        if isinstance(data, dict) and "seed" in data:
+            data = {k: v for k, v in data.items() if k != "seed"}
+        return data
+
+    @field_validator("engine")
+    @classmethod
+    def _registered_engine(cls, name: str) -> str:
+        return check_engine(name, "teacher")
 
 
 class StudentConfig(_Section):
-    engine: Literal["transformers", "vllm"] = "transformers"
+    engine: str = Field("transformers", description="a student engine of loopdistill.engine_registry")
     model: ModelConfig = Field(default_factory=ModelConfig)
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="used by engine 'vllm'")
     num_cpus: float = Field(1.0, gt=0)
@@ -148,6 +163,11 @@ class StudentConfig(_Section):
     max_new_tokens: int = Field(192, ge=1, description="greedy answer length, tokens")
     batch_size: int = Field(16, ge=1)
     max_restarts: int = Field(1, ge=0, description="restarts of a dead scorer; its call is retried as often")
+
+    @field_validator("engine")
+    @classmethod
+    def _registered_engine(cls, name: str) -> str:
+        return check_engine(name, "student")
 
 
 class TrainerConfig(_Section):
@@ -377,8 +397,6 @@ def dump_config(config: RunConfig) -> str:
     """The resolved config as JSON with URL credentials replaced by '***' (loopdistill.secrets): what
     config.json and MLflow hold. A resumed run gets credentials back from a `teacher.openai.base_url=`
     override, or better from the URL's host configuration (a key in `api_key_env`)."""
-    import json
-
     return json.dumps(redact(config.model_dump(mode="json")), indent=2)
 
 

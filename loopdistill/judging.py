@@ -9,8 +9,9 @@ from __future__ import annotations
 import re
 from typing import Optional
 
+# Part of the prompt text only (no code parses it any more): the text is the request-cache key and
+# is counted for the budget, so changing it would make earlier runs' judgements unfindable.
 JUDGE_HEADER = "[Judge]"
-_SECTIONS = re.compile(r"\[Question\]\n(.*)\n\[Answer A\]\n(.*)\n\[Answer B\]\n(.*)\n\[End\]", re.S)
 _SCORE = re.compile(r"Score\s*([AB])\s*[:=]\s*(\d+(?:\.\d+)?)", re.I)
 
 
@@ -24,16 +25,6 @@ def judge_prompt(question: str, answer_a: str, answer_b: str) -> str:
     )
 
 
-def is_judge_prompt(prompt: str) -> bool:
-    return prompt.startswith(JUDGE_HEADER)
-
-
-def parse_judge_prompt(prompt: str) -> Optional[tuple[str, str, str]]:
-    """(question, answer A, answer B) of a `judge_prompt`, or None."""
-    match = _SECTIONS.search(prompt)
-    return match.groups() if match else None
-
-
 def parse_verdict(text: str) -> Optional[tuple[float, float]]:
     """(score A, score B) from a judge's reply, or None when either is missing or outside 1-10."""
     found = {}
@@ -44,15 +35,16 @@ def parse_verdict(text: str) -> Optional[tuple[float, float]]:
     return found["A"], found["B"]
 
 
-def verifier_verdict(task, prompt: str) -> str:
+def verifier_verdict(task, question: str, answer_a: str, answer_b: str) -> str:
     """A judge reply without an LLM, for tasks whose verifier needs only the question (programmatic
-    teachers): 10 for an answer the verifier accepts, 1 otherwise."""
-    parts = parse_judge_prompt(prompt)
-    if parts is None:
-        return "I cannot read this comparison."
-    question, *answers = parts
+    teachers): 10 for an answer the verifier accepts, 1 otherwise, in `parse_verdict`'s format.
+
+    The texts are stripped as `judge_prompt` strips them, so the verdict is the one the verifier gives
+    to what an LLM judge would read.
+    """
+    question = question.strip()
     scores = []
-    for answer in answers:
+    for answer in (answer_a.strip(), answer_b.strip()):
         reference = task.reference_for(question, answer)
         scores.append(10 if reference is not None and task.verify(answer, reference) else 1)
     return f"Score A: {scores[0]}; Score B: {scores[1]}"

@@ -86,6 +86,37 @@ TEACHER_RESPONSES = pa.schema(
     ]
 )
 
+# What the teacher client sends to the pool per request: the prompt with the sampling seed it derived
+# (0 for greedy) and the prompt's token count it reserved against the budget, so no actor recounts.
+TEACHER_SENDS = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("input_tokens", pa.int64(), nullable=False),
+    ]
+)
+
+# One pairwise judgement: which of two answers to `question` is better (answers in the order shown).
+JUDGE_REQUESTS = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("answer_a", pa.string(), nullable=False),
+        pa.field("answer_b", pa.string(), nullable=False),
+    ]
+)
+# A judgement as sent to the pool: the request plus `prompt` (the judge prompt text: the request-cache
+# key and what the budget counts), its seed and its prompt token count.
+JUDGE_SENDS = pa.schema(
+    list(JUDGE_REQUESTS)
+    + [
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+        pa.field("input_tokens", pa.int64(), nullable=False),
+    ]
+)
+
 # A synthetic (question, answer) pair with its provenance (step 4). Trained on like a seed.
 SYNTHETIC = pa.schema(
     [

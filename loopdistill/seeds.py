@@ -22,8 +22,16 @@ def prompt_seeds(prompts: list[str], seed: int) -> list[int]:
 
 def teacher_seed(*parts) -> int:
     """The one derivation of teacher sampling seeds: a 31-bit int hashed from `parts`, in practice
-    (run seed, iteration, purpose) for a call and then (call seed, request_id) per request, so a
-    request's seed is a function of (run seed, iteration, purpose, request_id) only. It depends on no batch, shard or replica count, so
-    a resumed run that splits the work differently asks for (and finds cached) the very same requests."""
+    (run seed, iteration, purpose) for a call and then (call seed, request_id) per request (see
+    `request_seed`), so a request's seed is a function of (run seed, iteration, purpose, request_id)
+    only. It depends on no batch, shard or replica count, so a resumed run that splits the work
+    differently asks for (and finds cached) the very same requests."""
     digest = hashlib.blake2b("\x1f".join(str(p) for p in parts).encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+
+def request_seed(run_seed: int, iteration: int, purpose: str, request_id: str) -> int:
+    """The sampling seed (31-bit int) of one teacher request: teacher_seed of (the call seed of
+    (run seed, iteration, purpose), request_id). Callers send 0 instead for greedy (temperature 0)
+    requests."""
+    return teacher_seed(teacher_seed(run_seed, iteration, purpose), request_id)

@@ -1,8 +1,19 @@
-"""The generation-engine interface every back end implements (transformers, programmatic, ...)."""
+"""What an engine can do, as explicit runtime-checkable protocols, and the data it takes and returns.
+
+An engine is one back end (transformers, vLLM, an HTTP endpoint, a task's own code) living inside one
+actor. Its roles are protocols, checked with `isinstance` by the actors that need them:
+- `GenerationEngine`: generate and count tokens (every engine);
+- `StreamingEngine`: also hand back each answer as it finishes (the teacher persists each one at once);
+- `JudgeEngine`: score two answers to a question (every teacher engine);
+- `AdapterEngine`: serve a LoRA adapter (the student);
+- `ForwardEngine`: the torch module and tokenizer for teacher-forced passes (gt_loss, BADGE).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Any, Iterator, NamedTuple, Optional, Protocol, runtime_checkable
+
+from loopdistill.judging import judge_prompt
 
 
 @dataclass(frozen=True)
@@ -44,19 +55,104 @@ class Generation:
         return sum(picked) if picked else None
 
 
-class Engine(Protocol):
-    """A generation back end living inside one actor.
+class JudgeItem(NamedTuple):
+    """One pairwise comparison: the question and the two answers, in the order they are shown."""
 
-    Engines that can hand back each answer as it finishes (vLLM, HTTP) also have
-    `stream(prompts, params, seeds) -> Iterator[(index, Generation | Exception)]`: every prompt is
-    submitted at once and each result is yielded the moment it is done, in completion order; an
-    Exception marks a request that failed for good (the others go on). The teacher persists each one
-    as it comes, so a crash loses no answer that had arrived.
-    """
+    question: str
+    answer_a: str
+    answer_b: str
 
-    def generate(self, prompts: list[str], params: SamplingParams, seeds: Optional[list[int]] = None) -> list[Generation]:
-        """Complete each user prompt (the engine applies the chat template), in order. seeds: one
-        sampling seed per prompt (the teacher's per-request seeds); None = derived from params.seed."""
+
+@runtime_checkable
+class GenerationEngine(Protocol):
+    """A generation back end living inside one actor (every engine)."""
+
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: Optional[list[int]] = None,
+                 input_tokens: Optional[list[int]] = None) -> list[Generation]:
+        """Complete each user prompt (the engine applies the chat template), in order.
+
+        seeds: one sampling seed per prompt (the teacher's per-request seeds); None = derived from
+        params.seed. input_tokens: the prompts' counts already taken with `count_tokens` (one per
+        prompt): used for the send log / rate-limit reservation instead of counting again; None =
+        the engine counts.
+        """
 
     def count_tokens(self, prompts: list[str]) -> list[int]:
         """Tokens each prompt costs as input, chat template included."""
+
+
+@runtime_checkable
+class StreamingEngine(GenerationEngine, Protocol):
+    """An engine that hands back each answer as it finishes (vLLM, HTTP)."""
+
+    def stream(self, prompts: list[str], params: SamplingParams, seeds: Optional[list[int]] = None, log=None,
+               input_tokens: Optional[list[int]] = None) -> Iterator[tuple[int, "Generation | Exception"]]:
+        """Submit every prompt at once and yield (prompt index, result) the moment each is done, in
+        completion order; an Exception marks a request that failed for good (the others go on). The
+        teacher persists each answer as it comes, so a crash loses no answer that had arrived.
+
+        log: optional send log told of each request (see the engine); input_tokens: as in `generate`.
+        """
+
+
+@runtime_checkable
+class JudgeEngine(Protocol):
+    """A teacher that can compare two answers to a question (pairwise LLM-as-judge, or a verifier)."""
+
+    def judge(self, items: list[JudgeItem], params: SamplingParams, seeds: Optional[list[int]] = None,
+              input_tokens: Optional[list[int]] = None) -> list[Generation]:
+        """One verdict per item, in order: text in `loopdistill.judging.parse_verdict`'s format.
+
+        seeds / input_tokens: as in `GenerationEngine.generate`, one per item; input_tokens are the
+        counts of `judging.judge_prompt(*item)`.
+        """
+
+
+@runtime_checkable
+class AdapterEngine(GenerationEngine, Protocol):
+    """An engine that serves a LoRA adapter on shared base weights (the student's engine)."""
+
+    def set_adapter(self, adapter_dir: Optional[str]) -> None:
+        """Serve the PEFT LoRA adapter in `adapter_dir` from now on; None = the base model."""
+
+
+@runtime_checkable
+class ForwardEngine(Protocol):
+    """An engine that exposes its torch module for teacher-forced forward passes (gt_loss, BADGE).
+
+    tokenizer: the Hugging Face tokenizer of the model; device: where the model's weights live
+    ("cpu", "cuda", ...).
+    """
+
+    tokenizer: Any
+    device: str
+
+    def serving_model(self) -> tuple[Any, Any]:
+        """(model, context): the module that serves now (base + current adapter) and the context
+        manager to run its forward passes in."""
+
+
+def judge_prompts(items: list[JudgeItem]) -> list[str]:
+    """The judge prompt of each item (`loopdistill.judging.judge_prompt`: the cached, counted text)."""
+    return [judge_prompt(*item) for item in items]
+
+
+def judge_by_prompt(engine: GenerationEngine, items: list[JudgeItem], params: SamplingParams,
+                    seeds: Optional[list[int]] = None, input_tokens: Optional[list[int]] = None) -> list[Generation]:
+    """`JudgeEngine.judge` of an LLM engine: generate each item's judge prompt. The one place LLM
+    engines judge, so the prompt text (the request-cache key, and what is paid for) is the same for all."""
+    return engine.generate(judge_prompts(items), params, seeds, input_tokens)
+
+
+def check_input_tokens(input_tokens: Optional[list[int]], n: int) -> Optional[list[int]]:
+    """`input_tokens` as a list of n ints, or None.
+
+    Raises:
+        ValueError: a count list of another length than the prompts.
+    """
+    if input_tokens is None:
+        return None
+    counts = [int(c) for c in input_tokens]
+    if len(counts) != n:
+        raise ValueError(f"input_tokens has {len(counts)} counts for {n} prompts")
+    return counts

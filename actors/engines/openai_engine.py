@@ -24,11 +24,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from loopdistill.seeds import prompt_seeds
-from actors.engines.base import Generation, SamplingParams
+from actors.engines.base import Generation, JudgeItem, SamplingParams, check_input_tokens, judge_by_prompt
 from loopdistill.config import ConfigError, ModelConfig, OpenAIConfig
 from loopdistill.models import format_prompt, load_tokenizer
 from loopdistill.secrets import redact
+from loopdistill.seeds import prompt_seeds
 
 RETRY_STATUS = frozenset({408, 409, 429})  # plus every 5xx
 
@@ -260,6 +260,13 @@ class OpenAIEngine:
         self._rng = random.Random(0)
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_config(cls, model: ModelConfig, *, openai: OpenAIConfig | None = None, limits=None,
+                    **_unused) -> "OpenAIEngine":
+        """`build_engine`'s uniform constructor; openai None = the default OpenAIConfig (the server
+        batches: batch_size, device and enable_lora are not used)."""
+        return cls(model, openai or OpenAIConfig(), limits=limits)
+
     @property
     def rate_limit_wait_s(self) -> float:
         """Seconds spent waiting on the client-side rate limits."""
@@ -299,17 +306,19 @@ class OpenAIEngine:
             body["prompt"] = format_prompt(self.tokenizer, prompt, self.config.use_chat_template)
         return body
 
-    def generate(self, prompts: list[str], params: SamplingParams, seeds: Optional[list[int]] = None) -> list[Generation]:
-        """All prompts, `max_concurrency` in flight; results in prompt order.
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: Optional[list[int]] = None,
+                 input_tokens: Optional[list[int]] = None) -> list[Generation]:
+        """All prompts, `max_concurrency` in flight; results in prompt order. input_tokens: as in `stream`.
 
         Raises:
-            ValueError: logprobs were asked for (this engine serves the teacher only).
+            ValueError: logprobs were asked for (this engine serves the teacher only), or
+                input_tokens of another length than prompts.
             OpenAIRequestError: a request failed for good (the first such error is raised, after
                 every other request finished).
         """
         out: list[Optional[Generation]] = [None] * len(prompts)
         errors = []
-        for index, result in self.stream(prompts, params, seeds):
+        for index, result in self.stream(prompts, params, seeds, input_tokens=input_tokens):
             if isinstance(result, Exception):
                 errors.append((index, result))
             else:
@@ -319,23 +328,27 @@ class OpenAIEngine:
         return out  # type: ignore[return-value]
 
     def stream(self, prompts: list[str], params: SamplingParams, seeds: Optional[list[int]] = None,
-               log=None) -> Iterator[tuple[int, "Generation | OpenAIRequestError"]]:
+               log=None, input_tokens: Optional[list[int]] = None) -> Iterator[tuple[int, "Generation | OpenAIRequestError"]]:
         """Yield (prompt index, Generation) as each answer arrives, or (index, OpenAIRequestError) for
         a request that failed for good; the others go on. seeds: one per prompt (None: from
         params.seed). log: optional send log (actors.teacher) told of every attempt: `sent(index,
         estimated_input_tokens)` right before the request leaves (returns a token), then `answered(token,
         input_tokens, output_tokens)`, `refused(token)` for a 4xx status (nothing generated), or
         `failed(token)` for an attempt that may have been billed without a usable answer (timeout,
-        connection error, 5xx, unusable body).
+        connection error, 5xx, unusable body). input_tokens: the prompts' counts (one per prompt),
+        used for the TPM reservation and the send log, and as the input count when the server's
+        `usage` omits it; None = counted here with `count_tokens`.
 
         Raises:
-            ValueError: logprobs were asked for (this engine serves the teacher only).
+            ValueError: logprobs were asked for (this engine serves the teacher only), or
+                input_tokens of another length than prompts.
         """
         if params.logprobs:
             raise ValueError("engine 'openai' returns no logprobs; use 'vllm' or 'transformers' for the student")
+        given = check_input_tokens(input_tokens, len(prompts))
         if not prompts:
             return
-        estimates = self.count_tokens(prompts)
+        estimates = given if given is not None else self.count_tokens(prompts)
         seeds = list(seeds) if seeds is not None else prompt_seeds(prompts, params.seed)
         n = len(prompts)
         workers = min(self.api.max_concurrency, n)
@@ -349,6 +362,15 @@ class OpenAIEngine:
                     yield futures[future], err
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def judge(self, items: list[JudgeItem], params: SamplingParams, seeds: Optional[list[int]] = None,
+              input_tokens: Optional[list[int]] = None) -> list[Generation]:
+        """Generate each item's `judging.judge_prompt` (see `actors.engines.base.judge_by_prompt`).
+
+        Raises:
+            OpenAIRequestError: as `generate`.
+        """
+        return judge_by_prompt(self, items, params, seeds, input_tokens)
 
     def _one(self, index: int, prompt: str, estimate: int, seed: int, n: int, params: SamplingParams, log=None) -> Generation:
         reserved = estimate + params.max_new_tokens

@@ -1,14 +1,14 @@
 """Batched generation with a Hugging Face causal LM, optionally through a PEFT LoRA adapter.
 
 The per-token logprobs come from the logits `generate` already computed, so the student's loss on its
-own answer costs no second forward pass (DESIGN.md, "free win").
+own answer costs no second forward pass.
 """
 from __future__ import annotations
 
 import torch
 
-from loopdistill.seeds import teacher_seed
-from actors.engines.base import Generation, SamplingParams
+from actors.engines.base import Generation, JudgeItem, SamplingParams, check_input_tokens, judge_by_prompt
+from loopdistill.seeds import prompt_seeds
 from loopdistill.config import ModelConfig
 from loopdistill.models import format_prompt, load_causal_lm, load_tokenizer
 
@@ -35,6 +35,12 @@ class TransformersEngine:
         self.peft = None  # PeftModel wrapping self.base once an adapter was loaded
         self.adapter_name = None  # None: generate with the base weights
         self._adapters_loaded = 0
+
+    @classmethod
+    def from_config(cls, model: ModelConfig, *, batch_size: int, device: str = "cpu", **_unused) -> "TransformersEngine":
+        """`build_engine`'s uniform constructor (task, vllm, openai, enable_lora and limits are not used:
+        LoRA adapters load on demand)."""
+        return cls(model, batch_size=batch_size, device=device)
 
     # --- LoRA adapters -------------------------------------------------------------------------
     def set_adapter(self, adapter_dir: str | None) -> None:
@@ -80,16 +86,34 @@ class TransformersEngine:
         ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
         return [min(len(i), self.config.max_prompt_tokens) for i in ids]
 
-    def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int] | None = None) -> list[Generation]:
-        """seeds: one per prompt (the teacher's per-request seeds); a batch samples with one torch seed
-        hashed from its requests' seeds (HF generate has no per-row generator), so a batch's sample
-        depends on which requests share it. None: params.seed + batch offset (the student's path)."""
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int] | None = None,
+                 input_tokens: list[int] | None = None) -> list[Generation]:
+        """seeds: one per prompt (the teacher's per-request seeds; None: `prompt_seeds(prompts,
+        params.seed)`, as the other engines). With temperature > 0 each row samples from its own
+        torch.Generator seeded by its request's seed (`_GumbelMax`), so a request's sample does not
+        depend on which requests share its batch (up to the float rounding of a padded batch);
+        temperature 0 is greedy and takes no seed. Sampling applies temperature and top-p only (no
+        top-k), as the vLLM and HTTP engines do. input_tokens: checked for length only;
+        `Generation.input_tokens` is the encoder's own count, which is `count_tokens`' number (same
+        template, same truncation) at no extra cost.
+
+        Raises:
+            ValueError: input_tokens of another length than prompts.
+        """
+        check_input_tokens(input_tokens, len(prompts))
+        if params.temperature > 0:
+            seeds = list(seeds) if seeds is not None else prompt_seeds(prompts, params.seed)
         out: list[Generation] = []
         for start in range(0, len(prompts), self.batch_size):
             batch = prompts[start : start + self.batch_size]
-            seed = params.seed + start if seeds is None else teacher_seed(*seeds[start : start + self.batch_size])
-            out.extend(self._generate_batch(batch, params, seed=seed))
+            batch_seeds = seeds[start : start + self.batch_size] if params.temperature > 0 else None
+            out.extend(self._generate_batch(batch, params, batch_seeds))
         return out
+
+    def judge(self, items: list[JudgeItem], params: SamplingParams, seeds: list[int] | None = None,
+              input_tokens: list[int] | None = None) -> list[Generation]:
+        """Generate each item's `judging.judge_prompt` (see `actors.engines.base.judge_by_prompt`)."""
+        return judge_by_prompt(self, items, params, seeds, input_tokens)
 
     def _encode(self, prompts: list[str]):
         texts = [format_prompt(self.tokenizer, p, self.config.use_chat_template) for p in prompts]
@@ -105,11 +129,21 @@ class TransformersEngine:
         ).to(self.device)
 
     @torch.no_grad()
-    def _generate_batch(self, prompts: list[str], params: SamplingParams, seed: int) -> list[Generation]:
+    def _generate_batch(self, prompts: list[str], params: SamplingParams, seeds: list[int] | None) -> list[Generation]:
+        """seeds: one per prompt when sampling (temperature > 0), None for greedy decoding."""
         enc = self._encode(prompts)
-        sample = params.temperature > 0
-        torch.manual_seed(seed)
-        kwargs = dict(do_sample=sample, temperature=params.temperature, top_p=params.top_p) if sample else {}
+        kwargs = {}
+        if seeds is not None:
+            # Greedy argmax over Gumbel-perturbed, temperature/top-p-processed scores is a sample of
+            # softmax(processed scores), drawn from per-row generators instead of torch's global RNG
+            # (HF's do_sample draws all rows from that one RNG, so a row's sample depends on its batch).
+            from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+            processors = [TemperatureLogitsWarper(params.temperature)]
+            if params.top_p < 1.0:
+                processors.append(TopPLogitsWarper(params.top_p))
+            processors.append(_GumbelMax(seeds, enc["input_ids"].device))
+            kwargs = dict(do_sample=False, logits_processor=LogitsProcessorList(processors))
         with self._base_only():
             out = self._model().generate(
                 **enc,
@@ -135,6 +169,30 @@ class TransformersEngine:
             gen.token_logprobs = logprobs[: len(ids)].tolist()
             gen.token_spans = _token_spans(self.tokenizer, ids)
         return gen
+
+
+class _GumbelMax:
+    """Logits processor that adds standard Gumbel noise to each row's scores from that row's own
+    torch.Generator, so that the argmax of greedy decoding is a sample of softmax(scores): the
+    Gumbel-max trick (Gumbel 1954; Maddison, Tarlow & Minka 2014, "A* Sampling", Sec. 2). Rows
+    filtered out by top-p (-inf) stay out.
+
+    Args:
+        seeds: one seed per batch row (the request's sampling seed).
+        device: where the scores live (a generator must be on the same device).
+    """
+
+    def __init__(self, seeds: list[int], device: torch.device):
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """scores: (batch, vocab) processed logits; returns (batch, vocab) float32 perturbed scores."""
+        vocab = scores.shape[-1]
+        uniform = torch.stack([
+            torch.rand(vocab, generator=g, device=scores.device, dtype=torch.float32) for g in self.generators
+        ])
+        # U in [0, 1): U = 0 gives -inf (never picked), never NaN.
+        return scores.float() - torch.log(-torch.log(uniform))
 
 
 def _token_logprobs(logits: tuple[torch.Tensor, ...], tokens: torch.Tensor) -> torch.Tensor:

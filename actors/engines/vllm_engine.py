@@ -23,10 +23,10 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Optional
 
-from loopdistill.seeds import prompt_seeds
-from actors.engines.base import Generation, SamplingParams
+from actors.engines.base import Generation, JudgeItem, SamplingParams, check_input_tokens, judge_by_prompt
 from actors.engines.transformers_engine import _token_spans
 from loopdistill.config import ModelConfig, VLLMConfig
+from loopdistill.seeds import prompt_seeds
 from loopdistill.models import format_prompt, load_tokenizer, resolve_model
 
 GIB = 1 << 30
@@ -114,6 +114,13 @@ class VLLMEngine:
         self.lora_request = None  # None: generate with the base weights
         self._adapters_loaded = 0
 
+    @classmethod
+    def from_config(cls, model: ModelConfig, *, device: str = "cpu", vllm: VLLMConfig | None = None,
+                    enable_lora: bool = False, **_unused) -> "VLLMEngine":
+        """`build_engine`'s uniform constructor; vllm None = the default VLLMConfig (vLLM batches
+        itself: batch_size is not used)."""
+        return cls(model, vllm or VLLMConfig(), device=device, enable_lora=enable_lora)
+
     @staticmethod
     def _check_devices(config: VLLMConfig, device: str) -> None:
         tp = config.tensor_parallel_size
@@ -195,8 +202,15 @@ class VLLMEngine:
 
         return {"output_kind": RequestOutputKind.FINAL_ONLY}
 
-    def generate(self, prompts: list[str], params: SamplingParams, seeds: Optional[list[int]] = None) -> list[Generation]:
-        """One call to vLLM for all prompts (it batches them itself); results in prompt order."""
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: Optional[list[int]] = None,
+                 input_tokens: Optional[list[int]] = None) -> list[Generation]:
+        """One call to vLLM for all prompts (it batches them itself); results in prompt order.
+        input_tokens: checked for length only (the prompts are tokenized here anyway, to hand vLLM ids).
+
+        Raises:
+            ValueError: input_tokens of another length than prompts.
+        """
+        check_input_tokens(input_tokens, len(prompts))
         if not prompts:
             return []
         ids = self._encode(prompts)
@@ -208,22 +222,27 @@ class VLLMEngine:
         return [self._to_generation(out, len(i), params.logprobs) for out, i in zip(outputs, ids)]
 
     def stream(self, prompts: list[str], params: SamplingParams, seeds: Optional[list[int]] = None,
-               log=None) -> Iterator[tuple[int, "Generation | RuntimeError"]]:
+               log=None, input_tokens: Optional[list[int]] = None) -> Iterator[tuple[int, "Generation | RuntimeError"]]:
         """Yield (prompt index, Generation) as each request finishes (completion order). All prompts
         go into the engine at once, so vLLM schedules them as one batch. seeds: one per prompt (None:
         from params.seed). log: optional send log told `sent_many(input_tokens per prompt)` before any
-        request is added and `answered(token, input_tokens, output_tokens)` as each one finishes. A
+        request is added and `answered(token, input_tokens, output_tokens)` as each one finishes.
+        input_tokens: the counts the send log is told (one per prompt; None: the lengths of the ids
+        encoded here, the same numbers when they come from this engine's `count_tokens`). A
         request the engine drops without a finished output is yielded as a RuntimeError (counted as
         failed by the teacher, its reservation left charged), not as an empty answer.
 
         Raises:
-            ValueError: vLLM refused a prompt at add_request (the call's other requests are aborted).
+            ValueError: vLLM refused a prompt at add_request (the call's other requests are aborted), or
+                input_tokens of another length than prompts.
         """
+        counts = check_input_tokens(input_tokens, len(prompts))
         if not prompts:
             return
         ids = self._encode(prompts)
         seeds = list(seeds) if seeds is not None else prompt_seeds(prompts, params.seed)
-        tokens = log.sent_many([len(i) for i in ids]) if log is not None else [None] * len(prompts)
+        counts = counts if counts is not None else [len(i) for i in ids]
+        tokens = log.sent_many(counts) if log is not None else [None] * len(prompts)
         engine = self.llm.llm_engine
         call = uuid.uuid4().hex[:12]
         index_of: dict[str, int] = {}
@@ -255,6 +274,11 @@ class VLLMEngine:
         finally:
             if pending:  # the caller stopped early or step() raised: free the engine for the next call
                 engine.abort_request([f"ld-{call}-{i}" for i in pending])
+
+    def judge(self, items: list[JudgeItem], params: SamplingParams, seeds: Optional[list[int]] = None,
+              input_tokens: Optional[list[int]] = None) -> list[Generation]:
+        """Generate each item's `judging.judge_prompt` (see `actors.engines.base.judge_by_prompt`)."""
+        return judge_by_prompt(self, items, params, seeds, input_tokens)
 
     def _to_generation(self, out, input_tokens: int, want_logprobs: bool) -> Generation:
         completion = out.outputs[0]

@@ -11,8 +11,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from drivers import gating
-from drivers import loop as loop_module
 from drivers.loop import resume, run
+from drivers.stages import gate as gate_stage
+from drivers.stages import train as train_stage
 from loop_helpers import tiny_config
 from loopdistill.config import build_config
 
@@ -41,13 +42,13 @@ def _decisions(state: dict) -> list[tuple[int, int, str]]:
 
 def _count_train_calls(monkeypatch) -> list[int]:
     calls: list[int] = []
-    original = loop_module.ClosedLoop.train
+    original = train_stage.run
 
-    def counted(self, t, *args, **kwargs):
-        calls.append(t)
-        return original(self, t, *args, **kwargs)
+    def counted(ctx, inputs, *args, **kwargs):
+        calls.append(inputs.iteration)
+        return original(ctx, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(loop_module.ClosedLoop, "train", counted)
+    monkeypatch.setattr(train_stage, "run", counted)
     return calls
 
 
@@ -57,20 +58,20 @@ def test_rollback_then_resume(tmp_path, shared_data, ray_local, monkeypatch):
     trains without iteration 1's rows."""
     cfg = tiny_config(tmp_path, shared_data, "rollback", loop={"iterations": 3, "strategy": "loss_high", "seeds_per_iteration": 4},
                       gate={"action": "rollback", **FORCED})
-    original = loop_module.ClosedLoop.forecast
+    original = gate_stage.forecast
 
-    def crash_at_1(self, t, metrics):
-        if t == 1:
+    def crash_at_1(ctx, inputs):
+        if inputs.iteration == 1:
             raise Crash("after the gate decision of iteration 1")
-        return original(self, t, metrics)
+        return original(ctx, inputs)
 
-    monkeypatch.setattr(loop_module.ClosedLoop, "forecast", crash_at_1)
+    monkeypatch.setattr(gate_stage, "forecast", crash_at_1)
     with pytest.raises(Crash):
         run(build_config(cfg))
     run_dir = _run_dir(tmp_path, "rollback")
     assert _decisions(_state(run_dir)) == [(0, 0, "accept"), (1, 0, "rollback")]
 
-    monkeypatch.setattr(loop_module.ClosedLoop, "forecast", original)
+    monkeypatch.setattr(gate_stage, "forecast", original)
     trained = _count_train_calls(monkeypatch)
     summary = resume(run_dir)
     assert summary.iterations_completed == 3 and summary.stop_reason == "completed"

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 

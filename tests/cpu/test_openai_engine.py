@@ -403,7 +403,7 @@ def test_teacher_actor_answers_requests_over_http(ready, tiny_model, ray_local, 
     """TeacherActor(engine='openai') in Ray answers a TEACHER_REQUESTS table; a repeat is served from the
     paid-once cache."""
     from actors.teacher import TeacherActor
-    from loopdistill.schemas import TEACHER_REQUESTS, TEACHER_RESPONSES, make_table
+    from loopdistill.schemas import TEACHER_RESPONSES, TEACHER_SENDS, make_table
 
     config = TeacherConfig(
         engine="openai", model=ModelConfig(path=tiny_model), max_new_tokens=8, temperature=0.0, max_restarts=0,
@@ -412,10 +412,11 @@ def test_teacher_actor_answers_requests_over_http(ready, tiny_model, ray_local, 
     runtime_env = {"env_vars": {KEY_ENV: KEY}}  # how a deployment hands the key to the actor
     actor = ray_local.remote(TeacherActor).options(num_cpus=1, runtime_env=runtime_env).remote(
         config, "game24", str(tmp_path / "cache.sqlite"))
-    requests = make_table(TEACHER_REQUESTS, [{"request_id": f"r{i}", "prompt": p} for i, p in enumerate(PROMPTS)])
-    first = ray_local.get(actor.generate.remote(requests, 0), timeout=300)
     counts = ray_local.get(actor.count_tokens.remote(PROMPTS))
-    second = ray_local.get(actor.generate.remote(requests, 0), timeout=300)
+    sends = make_table(TEACHER_SENDS, [{"request_id": f"r{i}", "prompt": p, "seed": 0, "input_tokens": n}  # greedy: seed 0
+                                       for i, (p, n) in enumerate(zip(PROMPTS, counts))])
+    first = ray_local.get(actor.generate.remote(sends), timeout=300)
+    second = ray_local.get(actor.generate.remote(sends), timeout=300)
     ray_local.kill(actor)
     assert first.schema.names == TEACHER_RESPONSES.names and first.num_rows == 3
     assert first.column("request_id").to_pylist() == ["r0", "r1", "r2"]
@@ -429,17 +430,16 @@ def test_a_request_failing_for_good_keeps_the_answers_around_it(tiny_model, tmp_
     answered empty; the others are answered, cached and settled; the refused one is not charged."""
     from actors.request_cache import journal_totals
     from actors.teacher import TeacherActor
-    from loopdistill.schemas import TEACHER_REQUESTS, make_table
     from test_paid_once import SERVED as PAID_SERVED, TeacherServer, get_prompts
+    from test_request_cache import sends_for
 
     srv = TeacherServer(tmp_path / "log.jsonl", tokenizer_path=tiny_model)
     try:
         config = TeacherConfig(engine="openai", model=ModelConfig(path=tiny_model), max_new_tokens=16,
                                openai=OpenAIConfig(base_url=srv.base_url, model=PAID_SERVED, api_key_env=None, max_retries=1))
         prompts = get_prompts(3) + ["REJECT this one"]
-        requests = make_table(TEACHER_REQUESTS, [{"request_id": f"r{i}", "prompt": p} for i, p in enumerate(prompts)])
         teacher = TeacherActor(config, "game24", str(tmp_path / "cache.sqlite"), str(tmp_path / "journal.jsonl"))
-        out = teacher.generate(requests, seed=1)
+        out = teacher.generate(sends_for(prompts, teacher.count_tokens(prompts), run_seed=1))
     finally:
         srv.stop()
     texts = out.column("text").to_pylist()
@@ -450,6 +450,41 @@ def test_a_request_failing_for_good_keeps_the_answers_around_it(tiny_model, tmp_
     totals = journal_totals(tmp_path / "journal.jsonl")
     assert totals["requests"] == 3 and totals["open"] == 0
     assert totals["output_tokens"] == sum(e["output_tokens"] for e in billed)
+    assert totals["input_tokens"] == sum(e["input_tokens"] for e in billed)
+
+
+def test_http_teacher_judges_by_streaming_the_judge_prompts(tiny_model, tmp_path):
+    """TeacherActor.judge over HTTP: the server receives exactly each judgement's judge prompt, greedy
+    with seed 0; a judgement the server refuses is counted as failed and answered empty; the others
+    are cached, and the journal settles at the usage the server billed."""
+    import hashlib
+    import json
+
+    from actors.request_cache import journal_totals
+    from actors.teacher import TeacherActor
+    from loopdistill.judging import judge_prompt
+    from loopdistill.schemas import JUDGE_SENDS, make_table
+    from test_paid_once import SERVED as PAID_SERVED, TeacherServer
+
+    srv = TeacherServer(tmp_path / "log.jsonl", tokenizer_path=tiny_model)
+    try:
+        config = TeacherConfig(engine="openai", model=ModelConfig(path=tiny_model), max_new_tokens=64,
+                               openai=OpenAIConfig(base_url=srv.base_url, model=PAID_SERVED, api_key_env=None, max_retries=1))
+        teacher = TeacherActor(config, "game24", str(tmp_path / "cache.sqlite"), str(tmp_path / "journal.jsonl"))
+        items = [("What is 2+2?", "4", "5"), ("What is 2+2?", "5", "4"), ("What is 3+3?", "6", "REJECT this one")]
+        prompts = [judge_prompt(*item) for item in items]
+        rows = [{"request_id": f"j{i}", "question": q, "answer_a": a, "answer_b": b, "prompt": p, "seed": 0, "input_tokens": n}
+                for i, ((q, a, b), p, n) in enumerate(zip(items, prompts, teacher.count_tokens(prompts)))]
+        out = teacher.judge(make_table(JUDGE_SENDS, rows), max_new_tokens=8)
+    finally:
+        srv.stop()
+    texts = out.column("text").to_pylist()
+    assert all(texts[:2]) and texts[2] == "" and teacher.stats()["teacher/failed_requests"] == 1
+    sent = {hashlib.sha256(json.dumps([p, 0, 8, 0.0]).encode()).hexdigest()[:16] for p in prompts[:2]}
+    assert {e["key"] for e in srv.snapshot() if e["event"] == "arrive"} == sent
+    billed = [e for e in srv.snapshot() if e["event"] == "complete"]
+    totals = journal_totals(tmp_path / "journal.jsonl")
+    assert totals["requests"] == 2 and totals["open"] == 0 and teacher.cache.stats()["requests"] == 2
     assert totals["input_tokens"] == sum(e["input_tokens"] for e in billed)
 
 
@@ -472,7 +507,6 @@ def test_replicas_share_one_rate_limit(ray_local):
     # the two calls reached the actor. Bracketing the call times keeps this exact under load.
     t0 = time.perf_counter()
     first = ray_local.get(handle.reserve.remote(2))
-    t1 = time.perf_counter()
     second = ray_local.get(handle.reserve.remote(2))
     t2 = time.perf_counter()
     assert first > 0 and second > 0

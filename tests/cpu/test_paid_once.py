@@ -242,7 +242,7 @@ def test_driver_killed_mid_call_then_resumed(tmp_path, shared_data, server, refe
 def test_teacher_replica_killed_mid_call(tmp_path, shared_data, server, reference, ray_local, monkeypatch):
     """In-process driver; a watcher thread ray.kill()s the teacher replica (restartable, so Ray
     restarts it and retries its call) while the call has answers in and others in flight."""
-    import actors.teacher as teacher_module
+    import actors.teacher_pool as teacher_module
     from drivers.loop import run
     from loopdistill.config import build_config
 

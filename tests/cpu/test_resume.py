@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from loopdistill.seeds import teacher_seed
 from actors.request_cache import RequestCache
-from drivers import loop as loop_module
+from drivers import synthesis
 from drivers.loop import resume, run
+from drivers.stages import generate as generate_stage
+from drivers.stages import train as train_stage
 from loop_helpers import run_outcome as _outcome
 from loop_helpers import tiny_config
 from loopdistill.config import build_config
@@ -33,19 +34,21 @@ def reference(tmp_path_factory, shared_data, ray_local):
 
 @pytest.mark.parametrize("crash_stage", ["train", "generate"])
 def test_resume_after_a_crash_inside_a_stage(tmp_path, shared_data, ray_local, monkeypatch, crash_stage, reference):
-    original = getattr(loop_module.ClosedLoop, crash_stage)
+    stage = {"train": train_stage, "generate": generate_stage}[crash_stage]
+    original = stage.run
 
-    def crash_in_iteration_1(self, *args, **kwargs):
-        t = args[2] if crash_stage == "generate" else args[0]  # generate(selected, predictions, t, ...)
+    def crash_in_iteration_1(ctx, inputs, *args, **kwargs):
+        t = inputs.iteration
         if t == 1:
             if crash_stage == "generate":  # die after the rewrites were answered (and paid)
-                self.ask_teacher(loop_module.synthesis.rewrite_requests(
-                    self.task, args[0].to_pylist(), self.seed_rows, self.config.loop.few_shot_k, t, self.config.loop.seed),
-                    seed=teacher_seed(self.config.loop.seed, t, "rewrite"))
+                loop = ctx.config.loop
+                ctx.teacher.ask(synthesis.rewrite_requests(
+                    ctx.task, inputs.tables["selected"].to_pylist(), ctx.splits.seeds.to_pylist(), loop.few_shot_k, t, loop.seed),
+                    t, "rewrite")
             raise Crash("injected")
-        return original(self, *args, **kwargs)
+        return original(ctx, inputs, *args, **kwargs)
 
-    monkeypatch.setattr(loop_module.ClosedLoop, crash_stage, crash_in_iteration_1)
+    monkeypatch.setattr(stage, "run", crash_in_iteration_1)
     with pytest.raises(Crash):
         run(build_config(_config(tmp_path, shared_data, "crashed")))
     run_dir = next((tmp_path / "crashed").glob("crashed-*"))
@@ -54,7 +57,7 @@ def test_resume_after_a_crash_inside_a_stage(tmp_path, shared_data, ray_local, m
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     assert client.get_run(state["mlflow_run_id"]).info.status == "FAILED"
 
-    monkeypatch.setattr(loop_module.ClosedLoop, crash_stage, original)
+    monkeypatch.setattr(stage, "run", original)
     summary = resume(run_dir)
     assert summary.iterations_completed == 2 and summary.mlflow_run_id == state["mlflow_run_id"]
     assert client.get_run(summary.mlflow_run_id).info.status == "FINISHED"

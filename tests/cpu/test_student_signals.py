@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from actors.reward import RewardModelActor
-from actors.sft_data import IGNORE_INDEX, collate, to_train_examples, tokenize_examples
+from actors.sft_data import IGNORE_INDEX, collate, tokenize_examples
 from actors.student import StudentScorerActor
 from actors.student_signals import _logits_and_head_input, sparse_projection
 from loopdistill.config import ModelConfig, RewardConfig, StudentConfig
 from loopdistill.models import ModelLoadError
 from loopdistill.schemas import SEEDS, SchemaError, make_table
+from loopdistill.training_data import to_train_examples
 
 
 @pytest.fixture(scope="module")

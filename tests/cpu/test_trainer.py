@@ -45,8 +45,10 @@ def ray_cpu(ray_local):
 @pytest.fixture(scope="module")
 def group(ray_cpu):
     from actors.trainer import TrainerGroup
+    from drivers.actor_group import trainer_spec
 
-    g = TrainerGroup(trainer_config(), MODEL, ready_timeout_s=120)
+    cfg = trainer_config()
+    g = TrainerGroup(cfg, MODEL, trainer_spec(cfg), ready_timeout_s=120)
     yield g
     g.shutdown()
 
@@ -151,8 +153,10 @@ def test_missing_column_and_empty_table_are_named(group, ray_cpu, tmp_path):
 
 def test_two_ranks_train_with_gloo(ray_cpu, tmp_path):
     from actors.trainer import TrainerGroup
+    from drivers.actor_group import trainer_spec
 
-    g = TrainerGroup(trainer_config(num_ranks=2, epochs=2, micro_batch_size=4), MODEL, ready_timeout_s=120)
+    cfg = trainer_config(num_ranks=2, epochs=2, micro_batch_size=4)
+    g = TrainerGroup(cfg, MODEL, trainer_spec(cfg), ready_timeout_s=120)
     try:
         train = arithmetic(14)
         out = g.train(train, arithmetic(5, offset=1), str(tmp_path / "adapter"))
@@ -171,8 +175,10 @@ def test_nan_loss_stops_the_step_and_keeps_the_last_good_adapter(ray_cpu, tmp_pa
     """An absurd learning rate blows the weights up after the first step: training stops on the
     non-finite loss instead of crashing, and an adapter (the last good one) is still written."""
     from actors.trainer import TrainerGroup
+    from drivers.actor_group import trainer_spec
 
-    group = TrainerGroup(trainer_config(learning_rate=1e30, epochs=3), MODEL, ready_timeout_s=120)
+    cfg = trainer_config(learning_rate=1e30, epochs=3)
+    group = TrainerGroup(cfg, MODEL, trainer_spec(cfg), ready_timeout_s=120)
     try:
         data = arithmetic(16)
         result = group.train(data, data.slice(0, 4), str(tmp_path / "adapter"))

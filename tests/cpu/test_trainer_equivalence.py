@@ -43,8 +43,9 @@ def config(**overrides) -> TrainerConfig:
 def step_losses(cfg: TrainerConfig, tmp_path, name: str) -> list[float]:
     """Per-step training losses (nats/token) of one TrainerGroup run on the shared data."""
     from actors.trainer import TrainerGroup
+    from drivers.actor_group import trainer_spec
 
-    group = TrainerGroup(cfg, MODEL, ready_timeout_s=120)
+    group = TrainerGroup(cfg, MODEL, trainer_spec(cfg), ready_timeout_s=120)
     try:
         out = group.train(uneven(16), uneven(4), str(tmp_path / name))
     finally:

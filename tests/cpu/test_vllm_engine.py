@@ -208,14 +208,15 @@ def test_teacher_actor_on_vllm(engine, tiny_model, ray_local):
     """TeacherActor(engine='vllm') in Ray answers TEACHER_REQUESTS; input tokens = count_tokens."""
     from actors.teacher import TeacherActor
     from loopdistill.config import TeacherConfig
-    from loopdistill.schemas import TEACHER_REQUESTS, TEACHER_RESPONSES, make_table
+    from loopdistill.schemas import TEACHER_RESPONSES
+    from test_request_cache import sends_for
 
     config = TeacherConfig(engine="vllm", model=ModelConfig(path=tiny_model, max_prompt_tokens=128),
                            vllm=CPU_VLLM, max_new_tokens=8, temperature=0.7, max_restarts=0)
     actor = ray_local.remote(TeacherActor).options(num_cpus=1).remote(config, "game24", None)
-    requests = make_table(TEACHER_REQUESTS, [{"request_id": f"r{i}", "prompt": p} for i, p in enumerate(PROMPTS)])
-    out = ray_local.get(actor.generate.remote(requests, 3), timeout=600)
     counts = ray_local.get(actor.count_tokens.remote(PROMPTS))
+    sends = sends_for(PROMPTS, counts, run_seed=3)
+    out = ray_local.get(actor.generate.remote(sends), timeout=600)
     ray_local.kill(actor)
     assert out.schema.names == TEACHER_RESPONSES.names and out.column("request_id").to_pylist() == ["r0", "r1", "r2"]
     assert out.column("input_tokens").to_pylist() == counts
@@ -266,6 +267,32 @@ def test_stream_is_one_engine_batch_handing_back_each_request_as_it_finishes(eng
     assert [streamed[i].text for i in range(len(prompts))] == [g.text for g in batch]
     assert [streamed[i].input_tokens for i in range(len(prompts))] == engine.count_tokens(prompts)
     assert not llm_engine.has_unfinished_requests()
+
+
+def test_stream_tells_the_send_log_the_given_counts_and_judge_generates_the_judge_prompt(engine):
+    """input_tokens (the teacher's one count) reach the send log as given; without them the engine's
+    own token ids are counted. judge() is generation of judging.judge_prompt's text, same seeds."""
+    from actors.engines import JudgeItem
+    from loopdistill.judging import judge_prompt
+
+    told = []
+
+    class Log:
+        def sent_many(self, input_tokens):
+            told.append(list(input_tokens))
+            return list(range(len(input_tokens)))
+
+        def answered(self, token, n_in, n_out):
+            pass
+
+    params = SamplingParams(max_new_tokens=4)
+    list(engine.stream(PROMPTS[:2], params, [1, 2], log=Log(), input_tokens=[70, 80]))
+    list(engine.stream(PROMPTS[:2], params, [1, 2], log=Log()))
+    assert told == [[70, 80], engine.count_tokens(PROMPTS[:2])]
+    items = [JudgeItem("What is 1+1?", "2", "3"), JudgeItem("Name a colour.", "red", "7")]
+    judged = engine.judge(items, params, seeds=[0, 0])
+    direct = engine.generate([judge_prompt(*i) for i in items], params, [0, 0])
+    assert [(g.text, g.input_tokens) for g in judged] == [(g.text, g.input_tokens) for g in direct]
 
 
 def test_a_prompt_refused_by_vllm_leaves_no_request_of_its_call_behind(engine, monkeypatch):
