@@ -168,8 +168,8 @@ def load_splits(config: RunConfig) -> Splits:
 
 
 def configured_task(config: RunConfig) -> Task:
-    """The task named by `config.task` with its run options (Game of 24: `max_number`)."""
-    options = {"max_number": config.task.max_number} if config.task.max_number is not None else {}
+    """The task named by `config.task` with its run options (Game of 24: `max_number`, `in_range_fraction`)."""
+    options = {k: v for k in ("max_number", "in_range_fraction") if (v := getattr(config.task, k)) is not None}
     return get_task(config.task.name).with_options(**options)
 
 

@@ -44,6 +44,10 @@ class TaskConfig(_Section):
         None, ge=13, le=1000, description="Game of 24 only: largest integer in synthetic (rewritten) puzzles; "
         "evaluation keeps the 1..13 puzzles of its data. None = the task's default (loopdistill.tasks.game24.DEFAULT_MAX_NUMBER)"
     )
+    in_range_fraction: Optional[float] = Field(
+        None, ge=0, le=1, description="Game of 24 only: share of synthetic puzzles whose four numbers all lie in 1..13 "
+        "(the evaluation range); the rest hold a number in 14..max_number. None = no preference (every split drawn from 1..max_number)"
+    )
 
 
 class ModelConfig(_Section):
@@ -345,6 +349,10 @@ class RunConfig(_Section):
             raise ValueError(f"task.levels: difficulty levels exist only for task 'math', not {self.task.name!r}")
         if self.task.max_number is not None and self.task.name != "game24":
             raise ValueError(f"task.max_number: a number range exists only for task 'game24', not {self.task.name!r}")
+        if self.task.in_range_fraction is not None and self.task.name != "game24":
+            raise ValueError(f"task.in_range_fraction: a number range exists only for task 'game24', not {self.task.name!r}")
+        if self.task.in_range_fraction is not None and self.task.in_range_fraction < 1 and self.task.max_number == 13:
+            raise ValueError("task.in_range_fraction: a value below 1 needs puzzles above 13; task.max_number is 13")
         forward = STRATEGY_SPECS[self.loop.strategy].forward_passes
         if forward and self.student.engine != "transformers":
             raise ValueError(

@@ -26,7 +26,12 @@ NUMBER_RANGE = range(1, 14)  # puzzle numbers of the data are 1..13 (a deck of c
 # 40 is the smallest range measured (13, 16, 20, 25, 30, 40, 50, 100; benchmarks/synthetic_growth.py) whose
 # set passes 3,000 distinct puzzles in 5 rounds and still grows by ~70% of the rewrites in round 5.
 DEFAULT_MAX_NUMBER = 40
+# in_range_fraction (None by default: every split from 1..max_number, about 8% of puzzles then lie in 1..13)
+# sets the share of rewrites kept in the evaluation range 1..13. None keeps the prompt and the puzzles as they
+# were before the option; a value is for configs that ask for it: backward reasoning inside 1..13 finds only
+# ~710 distinct puzzles in 7 x 512 rewrites, so a large share saturates the set (benchmarks/synthetic_growth.py).
 _RANGE = re.compile(r"four numbers from 1 to (\d+)")
+_IN_RANGE = re.compile(r"With probability (\d+(?:\.\d+)?(?:[eE][+-]?\d+)?) keep all four numbers from 1 to 13;")
 _ANSWER = re.compile(r"Answer:\s*(.+)")
 _QUESTION = re.compile(r"Use the numbers ([\d ]+?) and basic arithmetic")
 _NEW_PUZZLE = re.compile(r"New puzzle:\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)")
@@ -62,16 +67,33 @@ class Game24Task(Task):
     has_programmatic_teacher = True
     rouge_dedup = False  # every question is one template; two puzzles differ only in four numbers
 
-    def __init__(self, max_number: int = DEFAULT_MAX_NUMBER):
-        if max_number < NUMBER_RANGE.stop - 1:
-            raise ValueError(f"game24 max_number must be at least {NUMBER_RANGE.stop - 1}, got {max_number}")
+    def __init__(self, max_number: int = DEFAULT_MAX_NUMBER, in_range_fraction: Optional[float] = None):
+        """max_number: largest integer of a rewritten puzzle (>= 13). in_range_fraction: None, or the share
+        in [0, 1] of rewritten puzzles whose four numbers all lie in 1..13 (the evaluation range; the rest
+        hold a number above 13), told to the teacher in the rewrite prompt. Raises ValueError naming the
+        option when a value is out of range, or when in_range_fraction < 1 leaves max_number 13 no room."""
+        top = NUMBER_RANGE.stop - 1
+        if max_number < top:
+            raise ValueError(f"game24 max_number must be at least {top}, got {max_number}")
+        if in_range_fraction is not None:
+            if not 0 <= in_range_fraction <= 1:  # also rejects NaN
+                raise ValueError(f"game24 in_range_fraction must be in [0, 1], got {in_range_fraction}")
+            if in_range_fraction < 1 and max_number == top:
+                raise ValueError(f"game24 in_range_fraction {in_range_fraction} < 1 needs max_number above {top}, got {max_number}")
         self.max_number = max_number
+        self.in_range_fraction = in_range_fraction
 
-    def with_options(self, max_number: Optional[int] = None, **options) -> "Game24Task":
-        """A Game24Task whose rewrites use integers 1..max_number (None keeps this task's)."""
+    def with_options(self, max_number: Optional[int] = None, in_range_fraction: Optional[float] = None, **options) -> "Game24Task":
+        """A Game24Task whose rewrites use integers 1..max_number, a share in_range_fraction of them all in
+        1..13 (None keeps this task's value of either). Raises ValueError as __init__, or naming an
+        unknown option."""
         if options:
-            raise ValueError(f"task 'game24' takes only the option max_number, got {sorted(options)}")
-        return self if max_number in (None, self.max_number) else Game24Task(max_number)
+            raise ValueError(f"task 'game24' takes only the options max_number and in_range_fraction, got {sorted(options)}")
+        max_number = self.max_number if max_number is None else max_number
+        fraction = self.in_range_fraction if in_range_fraction is None else in_range_fraction
+        if (max_number, fraction) == (self.max_number, self.in_range_fraction):
+            return self
+        return Game24Task(max_number, fraction)
 
     def dedup_key(self, question: str) -> str:
         """The sorted puzzle: "Use the numbers 4 6 1 1 ..." and "... 1 1 4 6 ..." are one problem."""
@@ -130,9 +152,21 @@ class Game24Task(Task):
             "You write new Game of 24 puzzles by backward reasoning: start from 24, split it into two numbers "
             "with an operation (e.g. 24 = 4 * 6), split one of those again (6 = 13 - 7), and so on until there "
             f"are four numbers from 1 to {self.max_number}. The new puzzle must be solvable and differ from the selected one.\n"
+            f"{self._in_range_line()}"
             f"{examples}\n"
             f"Selected puzzle: {seed['reference']}\nIts solution:\n{seed['answer']}\n"
             'Reply with one line "New puzzle: w x y z".'
+        )
+
+    def _in_range_line(self) -> str:
+        """The prompt's instruction for in_range_fraction ("" when None, so the prompt stays as before)."""
+        if self.in_range_fraction is None:
+            return ""
+        top = NUMBER_RANGE.stop - 1
+        # repr: the programmatic teacher reads the exact float back from the prompt
+        return (
+            f"With probability {float(self.in_range_fraction)!r} keep all four numbers from 1 to {top}; "
+            f"otherwise use at least one number from {top + 1} to {self.max_number}.\n"
         )
 
     def parse_rewrite(self, text: str) -> Optional[str]:
@@ -187,13 +221,18 @@ class Game24Task(Task):
     def programmatic_teacher(self, prompt: str, rng: random.Random) -> str:
         """A rewrite prompt ("Selected puzzle: ...") gets "New puzzle: w x y z" built backwards from 24,
         reusing the selected numbers where it can, with integers in the range the prompt states ("four
-        numbers from 1 to N", so the engine needs no task options); an answer prompt gets the solver's
-        worked solution."""
+        numbers from 1 to N") and, where the prompt gives one ("With probability f keep all four numbers
+        from 1 to 13"), that share of puzzles in 1..13, so the engine needs no task options; an answer
+        prompt gets the solver's worked solution."""
         selected = _SELECTED.search(prompt)
         if selected:
             stated = _RANGE.search(prompt)
             max_number = int(stated.group(1)) if stated else NUMBER_RANGE.stop - 1
-            puzzle = backward_puzzle([int(g) for g in selected.groups()], rng, max_number=max_number)
+            share = _IN_RANGE.search(prompt)
+            fraction = float(share.group(1)) if share else None
+            if fraction is not None and not 0 <= fraction <= 1:
+                fraction = None  # an edited prompt's nonsense share: no preference, as without the line
+            puzzle = backward_puzzle([int(g) for g in selected.groups()], rng, max_number=max_number, in_range_fraction=fraction)
             return "No new puzzle." if puzzle is None else f"New puzzle: {puzzle_text(puzzle)}"
         match = _QUESTION.search(prompt)
         if not match:

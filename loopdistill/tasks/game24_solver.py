@@ -116,14 +116,41 @@ def _eval(node: ast.AST, used: list[int]) -> Fraction:
     raise ExpressionError(f"unsupported element {type(node).__name__}")
 
 
-def backward_puzzle(anchor: list[int], rng: random.Random, tries: int = 200, max_number: int = 13) -> Optional[list[int]]:
+DECK_MAX = 13  # the numbers of the benchmark's puzzles (and so of every evaluation puzzle) are 1..13
+
+
+def backward_puzzle(anchor: list[int], rng: random.Random, tries: int = 200, max_number: int = 13,
+                    in_range_fraction: Optional[float] = None) -> Optional[list[int]]:
     """A new solvable puzzle built backwards from 24, reusing numbers of `anchor` where it can.
 
     Start from [24]; repeatedly split one value v into (x, y) with x op y = v and x, y integers in
     1..max_number, until four numbers remain (the method's backward reasoning for Game of 24, Kessler et
     al. 2025, arXiv 2512.00884, whose example 4 * 26 - 10 * 8 goes past 13). With probability 0.5 x is
-    drawn from the anchor's numbers. Returns None when no different puzzle was found within `tries`.
+    drawn from the anchor's numbers.
+
+    in_range_fraction: None draws every split from 1..max_number. A number f in [0, 1] makes the share
+    of puzzles whose four numbers all lie in 1..DECK_MAX (the evaluation range) f: with probability f
+    (one rng.random() draw) the splits stay in 1..DECK_MAX, otherwise they use 1..max_number and the
+    puzzle must hold a number above DECK_MAX; when that branch finds nothing within `tries`, the other
+    range is tried, then any puzzle of 1..max_number.
+
+    Returns None when no different puzzle was found.
     """
+    if in_range_fraction is None:
+        return _backward(anchor, rng, tries, max_number, lambda values: True)
+    narrow = (DECK_MAX, lambda values: True)
+    wide = (max_number, lambda values: max(values) > DECK_MAX)
+    order = (narrow, wide) if rng.random() < in_range_fraction else (wide, narrow)
+    for top, accept in order + ((max_number, lambda values: True),):
+        puzzle = _backward(anchor, rng, tries, top, accept)
+        if puzzle is not None:
+            return puzzle
+    return None
+
+
+def _backward(anchor: list[int], rng: random.Random, tries: int, max_number: int, accept) -> Optional[list[int]]:
+    """Up to `tries` backward constructions in 1..max_number; the first different, solvable puzzle that
+    `accept(sorted numbers)` takes, or None."""
     for _ in range(tries):
         values = [24]
         while len(values) < 4:
@@ -132,7 +159,7 @@ def backward_puzzle(anchor: list[int], rng: random.Random, tries: int = 200, max
             if split is None:
                 break
             values.extend(split)
-        if len(values) == 4 and sorted(values) != sorted(anchor) and is_solvable(values):
+        if len(values) == 4 and sorted(values) != sorted(anchor) and accept(sorted(values)) and is_solvable(values):
             return sorted(values)
     return None
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 from pathlib import Path
 
 import pytest
 
+from drivers.loop import configured_task
+from loopdistill.config import ConfigError, build_config
 from loopdistill.tasks import DataError, get_task
-from loopdistill.tasks.game24 import DEFAULT_MAX_NUMBER, TOT_TEST_RANGE, question_for
+from loopdistill.tasks.game24 import DEFAULT_MAX_NUMBER, TOT_TEST_RANGE, puzzle_text, question_for
 from loopdistill.tasks.game24_solver import backward_puzzle, evaluate, is_solvable, solve
 from loopdistill.tasks.gsm8k import clean_solution, normalize_number
 
@@ -257,6 +260,67 @@ def test_backward_puzzle_never_returns_the_selected_puzzle():
     puzzles = [backward_puzzle([6, 4, 1, 1], rng) for _ in range(100)]  # (1 1 4 6) is a likely outcome
     assert all(p is not None and p != [1, 1, 4, 6] and is_solvable(p) for p in puzzles)
     assert all(len(p) == 4 and all(1 <= n <= 13 for n in p) for p in puzzles)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.35, 0.8, 1.0])
+def test_in_range_fraction_is_the_share_of_rewritten_puzzles_in_1_to_13(fraction):
+    """The option reaches the teacher through the prompt alone: the registry's task (what the programmatic
+    engine holds, without options) writes that share of puzzles with all numbers in 1..13, the rest with
+    a number in 14..40; each one parses, is new, and the solver's answer verifies."""
+    task = GAME24.with_options(in_range_fraction=fraction)
+    assert (task.in_range_fraction, task.max_number, GAME24.in_range_fraction) == (fraction, DEFAULT_MAX_NUMBER, None)
+    seed = {"id": "s", "question": question_for([4, 9, 10, 13]), "answer": "\n".join(solve([4, 9, 10, 13])), "reference": "4 9 10 13"}
+    prompt = task.rewrite_prompt(seed, [])
+    assert f"With probability {fraction!r} keep all four numbers from 1 to 13;" in prompt
+    rng, draws, in_range = random.Random(11), 2000, 0
+    for _ in range(draws):
+        text = GAME24.programmatic_teacher(prompt, rng)
+        question = task.parse_rewrite(text)
+        assert question is not None, text
+        numbers = [int(n) for n in task.reference_for(question, "").split()]
+        assert numbers != [4, 9, 10, 13] and all(1 <= n <= DEFAULT_MAX_NUMBER for n in numbers)
+        in_range += max(numbers) <= 13
+        answer = solve(numbers)
+        assert answer is not None and task.verify("\n".join(answer), puzzle_text(numbers)), numbers
+    # binomial SE at 2,000 draws is at most 0.011; 0 and 1 are exact
+    assert abs(in_range / draws - fraction) <= 0.035, (in_range, draws)
+
+
+def test_without_in_range_fraction_the_prompt_and_puzzles_are_unchanged():
+    """None (the default) keeps the prompt and the backward draws of the code before the option existed:
+    the six puzzles below were written by that code from random.Random(5)."""
+    seed = {"id": "s", "question": question_for([4, 9, 10, 13]), "answer": "", "reference": "4 9 10 13"}
+    assert GAME24.with_options(in_range_fraction=None) is GAME24 and "With probability" not in GAME24.rewrite_prompt(seed, [])
+    rng = random.Random(5)
+    assert [backward_puzzle([4, 9, 10, 13], rng, max_number=40) for _ in range(6)] == [
+        [1, 2, 4, 12], [1, 14, 14, 23], [3, 13, 15, 19], [3, 7, 9, 11], [4, 9, 25, 40], [2, 9, 18, 24]
+    ]
+    # the default task's teacher (range 1..40) writes puzzles above 13 most of the time
+    rng = random.Random(5)
+    wide = sum(max(backward_puzzle([4, 9, 10, 13], rng, max_number=40)) > 13 for _ in range(200))
+    assert wide > 150
+
+
+def test_bad_in_range_fraction_fails_naming_the_field():
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="in_range_fraction"):
+            GAME24.with_options(in_range_fraction=bad)
+    with pytest.raises(ValueError, match="in_range_fraction 0.5 < 1 needs max_number above 13"):
+        GAME24.with_options(max_number=13, in_range_fraction=0.5)
+    assert GAME24.with_options(max_number=13, in_range_fraction=1.0).in_range_fraction == 1.0
+    with pytest.raises(ValueError, match="in_range_fraction"):
+        get_task("prontoqa").with_options(in_range_fraction=0.5)
+    for task, message in (
+        ({"name": "game24", "in_range_fraction": 1.5}, "task.in_range_fraction"),
+        ({"name": "game24", "in_range_fraction": "many"}, "task.in_range_fraction"),
+        ({"name": "prontoqa", "in_range_fraction": 0.5}, "task.in_range_fraction: a number range exists only for task 'game24'"),
+        ({"name": "game24", "max_number": 13, "in_range_fraction": 0.5}, "task.in_range_fraction: a value below 1 needs puzzles above 13"),
+    ):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            build_config({"task": task})
+    # a valid value reaches the run's task
+    task = configured_task(build_config({"task": {"name": "game24", "in_range_fraction": 0.4}}))
+    assert (task.in_range_fraction, task.max_number) == (0.4, DEFAULT_MAX_NUMBER)
 
 
 def test_splits_from_real_24_csv():
