@@ -2,10 +2,13 @@
 
 Paid once: every answer is written to the request cache the moment it arrives (HTTP: as each response
 completes, `max_concurrency` in flight; vLLM: as each request of the call's single engine batch
-finishes; transformers / programmatic: per `batch_size` batch), and every request sent is journaled
-before it leaves (actors/request_cache.SpendJournal). Each request arrives with its sampling seed and
-its prompt's token count (the teacher client derived and counted them once), so an answer's cache key
-never depends on how the pool shards the work, and a resumed run finds every answered request.
+finishes; transformers / programmatic: per `batch_size` batch), and every attempt (first send, HTTP
+retry, a restarted replica's re-send) passes the spend journal's budget gate before it leaves
+(actors/request_cache.SpendJournal): admitted and journaled, or refused, not sent, and its request
+answered empty for this call (counted in `teacher/budget_refused_requests`). Each request arrives
+with its sampling seed and its prompt's token count (the teacher client derived and counted them
+once), so an answer's cache key never depends on how the pool shards the work, and a resumed run
+finds every answered request.
 """
 from __future__ import annotations
 
@@ -14,10 +17,10 @@ from typing import Callable, Iterator, Optional
 
 import pyarrow as pa
 
-from actors.engines import Generation, JudgeItem, SamplingParams, StreamingEngine, build_engine
+from actors.engines import AttemptRefused, Generation, JudgeItem, SamplingParams, StreamingEngine, build_engine
 from actors.request_cache import RequestCache, SpendJournal, request_key
 from actors.runtime import BusyClock, inject_fault, pick_device, use_all_cpu_threads
-from loopdistill.config import TeacherConfig
+from loopdistill.config import BudgetConfig, TeacherConfig
 from loopdistill.judging import judge_prompt
 from loopdistill.schemas import JUDGE_SENDS, TEACHER_RESPONSES, TEACHER_SENDS, make_table, require_columns
 
@@ -33,21 +36,36 @@ class TeacherRequestsFailed(RuntimeError):
 
 
 class _SendLog:
-    """What an engine tells the journal about each request it sends (see StreamingEngine.stream)."""
+    """What an engine tells the journal about each attempt it sends (see StreamingEngine.stream), and
+    the budget gate: the journal admits an attempt's reservation (input tokens + max_new_tokens)
+    only if the run's hard limits can still pay for it."""
 
     def __init__(self, journal: Optional[SpendJournal], max_new_tokens: int):
         self.journal, self.max_new = journal, max_new_tokens
         self.reserved_in: dict[str, int] = {}
 
     def sent(self, index: int, input_tokens: int):
-        return self.sent_many([input_tokens])[0]
+        """Admit one attempt about to leave; returns its journal token.
+
+        Raises:
+            AttemptRefused: the limits cannot pay for it (journaled as refused; do not send it).
+        """
+        token = self.sent_many([input_tokens])[0]
+        if isinstance(token, AttemptRefused):
+            raise token
+        return token
 
     def sent_many(self, input_tokens: list[int]) -> list:
+        """Admit attempts about to leave, in order: one journal token each, or an AttemptRefused
+        (not to be sent) for each the limits cannot pay for."""
         if self.journal is None:
             return [None] * len(input_tokens)
         ids = self.journal.reserve([(n, self.max_new) for n in input_tokens])
-        self.reserved_in.update(zip(ids, input_tokens))
-        return ids
+        self.reserved_in.update((i, n) for i, n in zip(ids, input_tokens) if i is not None)
+        return [i if i is not None else AttemptRefused(
+                    f"teacher attempt refused for budget: {n} input + {self.max_new} output tokens do not fit the run's "
+                    "hard limits after what the spend journal holds")
+                for i, n in zip(ids, input_tokens)]
 
     def answered(self, token, input_tokens: Optional[int], output_tokens: Optional[int]) -> None:
         if self.journal is None:
@@ -74,12 +92,14 @@ class TeacherActor:
         config: the teacher section of the run config.
         task_name: the task (used by the programmatic engine).
         cache_path: SQLite file of the paid-once request cache (None: no cache).
-        journal_path: the pool's SpendJournal file (None: nothing journaled).
+        journal_path: the pool's SpendJournal file (None: nothing journaled, no budget gate).
         limiter: the pool's RateLimiterActor handle for engine 'openai' (None: per-engine limits).
+        budget: the run's hard limits, which the journal checks every attempt against before it
+            leaves (None: no gate).
     """
 
     def __init__(self, config: TeacherConfig, task_name: str, cache_path: str | None = None,
-                 journal_path: str | None = None, limiter=None):
+                 journal_path: str | None = None, limiter=None, budget: BudgetConfig | None = None):
         self.config = config
         device = pick_device(config.num_gpus)
         if device == "cpu":
@@ -92,9 +112,10 @@ class TeacherActor:
         self.engine = build_engine(config.engine, config.model, task_name, config.batch_size, device,
                                    vllm=config.vllm, openai=config.openai, limits=limits)
         self.cache = RequestCache(cache_path) if cache_path else None
-        self.journal = SpendJournal(journal_path) if journal_path else None
+        self.journal = SpendJournal(journal_path, budget) if journal_path else None
         self.clock = BusyClock()
         self.failed = 0  # requests that failed for good
+        self.refused = 0  # requests whose attempt the budget gate refused (not sent)
         self.truncated = 0  # answers cut at max_new_tokens
 
     def count_tokens(self, prompts: list[str]) -> list[int]:
@@ -109,7 +130,8 @@ class TeacherActor:
         use; nothing is counted again here). Returns TEACHER_RESPONSES (n rows, in order) with `cached`
         True for answers served from the request cache (already paid for, not charged again).
         max_new_tokens / temperature override the config's for this call. A request that failed for
-        good gets an empty text and zero tokens (counted in `stats`).
+        good, or whose attempt the budget gate refused, gets an empty text and zero tokens (counted in
+        `stats`); the answers around it are kept.
 
         Raises:
             SchemaError: `sends` lacks a TEACHER_SENDS column.
@@ -198,7 +220,7 @@ class TeacherActor:
     def _generate_missing(self, keys, seeds, tokens, cached, params, stream: _Stream, batch: _Batch) -> dict[str, Generation]:
         """Generate the uncached requests (each distinct key once, at its first row), persisting each
         answer as soon as it exists (streaming engines) or each batch (the others). Failed requests
-        are left out of the result."""
+        and refused ones are left out of the result."""
         first: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key not in cached:
@@ -212,9 +234,13 @@ class TeacherActor:
         log = _SendLog(self.journal, params.max_new_tokens)
         fresh: dict[str, Generation] = {}
         errors: list[Exception] = []
+        refused = 0
         with self.clock.measure():
             if isinstance(self.engine, StreamingEngine):
                 for index, result in stream(todo_rows, todo_seeds, todo_tokens, log):
+                    if isinstance(result, AttemptRefused):
+                        refused += 1
+                        continue
                     if isinstance(result, Exception):
                         errors.append(result)
                         continue
@@ -225,13 +251,19 @@ class TeacherActor:
                 for start in range(0, len(todo), size):
                     part = slice(start, start + size)
                     sent = log.sent_many(todo_tokens[part])
-                    gens = batch(todo_rows[part], todo_seeds[part], todo_tokens[part])
-                    for key, token, gen in zip(todo[part], sent, gens):
+                    go = [j for j, token in enumerate(sent) if not isinstance(token, AttemptRefused)]
+                    refused += len(sent) - len(go)
+                    if not go:
+                        continue
+                    rows, seeds_, counts = todo_rows[part], todo_seeds[part], todo_tokens[part]
+                    gens = batch([rows[j] for j in go], [seeds_[j] for j in go], [counts[j] for j in go])
+                    for key, token, gen in zip([todo[part][j] for j in go], [sent[j] for j in go], gens):
                         log.answered(token, gen.input_tokens, gen.output_tokens)
                         self._keep(key, gen, fresh)
                     inject_fault("teacher.generate")  # dies after a persisted batch, before the rest
         self.failed += len(errors)
-        if errors and not fresh:
+        self.refused += refused
+        if errors and not fresh and not refused:  # a refusal is a budget stop, not an outage
             raise TeacherRequestsFailed(f"all {len(todo)} teacher requests of this call failed; first error: {errors[0]}")
         return fresh
 
@@ -246,10 +278,11 @@ class TeacherActor:
         return self.clock.total_s
 
     def stats(self) -> dict[str, float]:
-        """Counters since start: requests failed for good, answers truncated at max_new_tokens, HTTP
-        retries and seconds waited on rate limits (0 for local engines)."""
+        """Counters since start: requests failed for good, requests the budget gate refused, answers
+        truncated at max_new_tokens, HTTP retries and seconds waited on rate limits (0 for local engines)."""
         return {
             "teacher/failed_requests": self.failed,
+            "teacher/budget_refused_requests": self.refused,
             "teacher/truncated_answers": self.truncated,
             "teacher/retries": getattr(self.engine, "retries", 0),
             "teacher/rate_limit_wait_s": getattr(self.engine, "rate_limit_wait_s", 0.0),

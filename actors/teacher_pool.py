@@ -11,7 +11,7 @@ from actors.group import ActorGroup, ResourceSpec
 from actors.rate_limiter import LIMITER_SPEC, start_limiter
 from actors.request_cache import RequestCache, SpendJournal, journal_totals
 from actors.teacher import TeacherActor
-from loopdistill.config import TeacherConfig
+from loopdistill.config import BudgetConfig, TeacherConfig
 from loopdistill.schemas import TEACHER_RESPONSES, make_table
 
 
@@ -34,13 +34,17 @@ class TeacherPool:
             `teacher_spec`). Restarting a replica and retrying its call is safe: generate and judge
             are idempotent (answers already paid for come from the request cache).
         cache_path: the replicas' shared paid-once request cache (SQLite file), or None.
-        journal_path: the replicas' shared SpendJournal (what was sent), or None.
+        journal_path: the replicas' shared SpendJournal (what was sent), or None. A local file:
+            its budget gate locks it with flock, so all replicas must run on one node.
+        budget: the run's hard limits; every replica's journal admits each attempt (first send,
+            retry, re-send after a restart) only if they can still pay for it (None: no gate).
         limiter_spec: resources of the shared RateLimiterActor (started only when
             `shares_rate_limit(config)`).
     """
 
     def __init__(self, config: TeacherConfig, task_name: str, spec: ResourceSpec, cache_path: str | None = None,
-                 journal_path: str | None = None, limiter_spec: ResourceSpec = LIMITER_SPEC):
+                 journal_path: str | None = None, limiter_spec: ResourceSpec = LIMITER_SPEC,
+                 budget: BudgetConfig | None = None):
         self.config = config
         self.journal_path = journal_path
         if journal_path and cache_path and not os.path.exists(journal_path) and os.path.exists(cache_path):
@@ -54,7 +58,7 @@ class TeacherPool:
         if shares_rate_limit(config):
             self.limiter = start_limiter(config.openai.requests_per_minute, config.openai.tokens_per_minute, limiter_spec)
         try:
-            args = (config, task_name, cache_path, journal_path, self.limiter)
+            args = (config, task_name, cache_path, journal_path, self.limiter, budget)
             self.group = ActorGroup(TeacherActor, spec, [args] * spec.replicas)
         except BaseException:
             if self.limiter is not None:

@@ -111,7 +111,8 @@ class Actors:
 
 def start_actors(config: RunConfig, run_dir: Path) -> Actors:
     """Start every role of `resource_specs(config)` (written first to run_dir/resources.json): the
-    teacher pool (its paid-once request cache and spend journal live in the run directory), the
+    teacher pool (its paid-once request cache and spend journal live in the run directory; the
+    journal gates every teacher attempt on `config.budget`), the
     student scorer, the trainer group, and the reward model when the strategy reads one. If a role
     fails to start, the roles already started are shut down.
 
@@ -129,7 +130,8 @@ def start_actors(config: RunConfig, run_dir: Path) -> Actors:
     started: list = []
     try:
         teacher = TeacherPool(config.teacher, config.task.name, specs["teacher"], str(run_dir / "teacher_cache.sqlite"),
-                              str(run_dir / TEACHER_JOURNAL), limiter_spec=specs.get("rate_limiter", LIMITER_SPEC))
+                              str(run_dir / TEACHER_JOURNAL), limiter_spec=specs.get("rate_limiter", LIMITER_SPEC),
+                              budget=config.budget)
         started.append(teacher)
         student = ActorGroup(StudentScorerActor, specs["student"], [(config.student, config.task.name)])
         started.append(student)

@@ -1,23 +1,37 @@
 """The budget ledger: every teacher token, sample and accelerator-second, against the configured limits.
 
-Teacher spend counts what was *sent*, which is what a provider bills: the teacher journals a
-reservation (prompt tokens + max_new_tokens) before each request leaves and settles it at the
-answer's usage (actors/request_cache.SpendJournal); `reconcile_teacher` takes those figures, with any
-reservation left open by a crash charged in full. So after any crash the spend is >= what a provider
-billed. Before a call, `affordable_requests` admits only the requests whose full reservations fit in
-what is left (after a driver crash, from the journal with open reservations in full). Sent beyond
-that admission, and so able to take the spend past a token or USD limit within one call: prompt
-tokens the provider counts above our tokenizer's estimate (a few template tokens; the settle takes
-the provider's count), HTTP retries after a timeout or 5xx (each attempt is journaled and charged
-at its full reservation), and the requests a restarted teacher replica sends again (those in flight
-when it died). The next call then admits nothing. Accelerator-seconds are charged after the work, so
-that limit stops the next iteration rather than the current one. Pure logic, no Ray.
+Teacher spend counts what was *sent*, which is what a provider bills. The guarantee, crash or not:
+every teacher attempt (a first send, an HTTP retry after a timeout or 5xx, a request a restarted
+replica sends again) is admitted by the spend journal (actors/request_cache.SpendJournal.reserve)
+before it leaves, and only if everything already journaled (settled requests at the provider's
+usage, open or failed ones at their full reservation, by every replica) plus its own reservation
+(estimated prompt tokens + max_new_tokens) stays within budget.teacher_input_tokens,
+budget.teacher_output_tokens and budget.usd. Check and append are one step under a file lock
+shared by the replicas' processes (one node). An attempt that does not fit is not sent; its request
+ends empty for that call and the run stops with a budget reason. So the tokens we *reserve* never
+pass a hard limit, and after any crash the journal's spend is >= what a provider billed.
+
+What we cannot bound: a provider counting more tokens than we reserved. Output cannot exceed
+max_new_tokens when the server honours `max_tokens` / `max_completion_tokens` (the programmatic
+teacher writes whole answers, so its counted output can). Input can exceed our
+tokenizer's estimate by the template tokens a server adds that the local chat template lacks; the
+settle records the provider's figure, so the next attempt's check sees it, but the requests already
+in flight when such an excess lands can take the spend past a limit by the sum of those excesses.
+No margin is kept for it: its size depends on the provider's template, which we do not see, and a
+guessed margin would either not cover it or waste budget; a run whose limits must hold against the
+provider's count should set them below the provider's quota by that difference.
+
+`affordable_requests` is the client's forecast before a call (from the journal's figures): it admits
+the requests whose full reservations fit, so a call normally never meets the gate. Accelerator-seconds
+are charged after the work, so that limit stops the next iteration rather than the current one; kept
+samples (budget.teacher_samples) are capped by the generate stage. Pure logic, no Ray.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from actors.request_cache import teacher_limit_exceeded
 from loopdistill.config import BudgetConfig
 
 
@@ -49,17 +63,12 @@ class BudgetLedger:
     # --- teacher requests ---------------------------------------------------------------------
     def affordable_requests(self, prompt_tokens: list[int], max_new_tokens: int) -> int:
         """How many of these requests, taken in order, fit in the remaining budget when each is
-        reserved at prompt_tokens[i] + max_new_tokens."""
-        lim, s = self.limits, self.spent
-        n_in, n_out = s.teacher_input_tokens, s.teacher_output_tokens
+        reserved at prompt_tokens[i] + max_new_tokens (tokens), by the same test the spend journal's
+        gate applies to every attempt (actors.request_cache.teacher_limit_exceeded)."""
+        n_in, n_out = self.spent.teacher_input_tokens, self.spent.teacher_output_tokens
         for count, tokens in enumerate(prompt_tokens):
             n_in, n_out = n_in + tokens, n_out + max_new_tokens
-            over = (
-                (lim.teacher_input_tokens is not None and n_in > lim.teacher_input_tokens)
-                or (lim.teacher_output_tokens is not None and n_out > lim.teacher_output_tokens)
-                or (lim.usd is not None and self.usd(n_in, n_out) > lim.usd)
-            )
-            if over:
+            if teacher_limit_exceeded(self.limits, n_in, n_out):
                 return count
         return len(prompt_tokens)
 

@@ -4,6 +4,11 @@ A call counts its prompts' tokens once, admits the requests the budget can pay f
 prompt tokens + max_new_tokens), gives each its sampling seed (loopdistill.seeds.request_seed, a
 function of the run seed, iteration, purpose and request id only: never of sharding or batching),
 sends them through the TeacherPool, and settles the ledger from the pool's spend journal.
+
+The admission here is a forecast; the guarantee is the journal's gate (actors/request_cache.SpendJournal),
+which every attempt passes before it leaves, retries and a restarted replica's re-sends included. An
+attempt the gate refuses is not sent: its request comes back answered empty, the answers around it are
+kept (in the reply and the request cache), and the reply carries a budget stop reason.
 """
 from __future__ import annotations
 
@@ -20,13 +25,18 @@ from loopdistill.schemas import (
 from loopdistill.seeds import request_seed
 
 NO_BUDGET = "budget exhausted: the teacher budget cannot pay for one more request"
+# A call the journal's gate cut short: some attempt (a retry, a replica's re-send, or a request sent
+# after others settled above their estimate) did not fit the hard limits and was not sent.
+REFUSED = "budget exhausted: the teacher budget refused {n} attempt(s) of this call (not sent; the answers that arrived are kept)"
 
 
 @dataclass
 class TeacherReply:
     """responses: TEACHER_RESPONSES of the admitted requests, in request order (the first n of the
     call: fewer than asked when the budget ran short); stop_reason: non-empty when the budget could
-    not pay for a single request (then `responses` is empty)."""
+    not pay for a single request (NO_BUDGET; then `responses` is empty), or when the journal's gate
+    refused an attempt during the call (REFUSED; then `responses` holds every admitted request, the
+    refused ones with an empty text and zero tokens)."""
 
     responses: pa.Table
     stop_reason: str = ""
@@ -45,6 +55,7 @@ class TeacherClient:
 
     def __init__(self, pool, ledger: BudgetLedger, run_seed: int, teacher_config: TeacherConfig):
         self.pool, self.ledger, self.run_seed, self.config = pool, ledger, run_seed, teacher_config
+        self._refused: int | None = None  # attempts the journal had refused before this call
 
     def ask(self, requests: pa.Table, iteration: int, purpose: str, max_new_tokens: int | None = None,
             temperature: float | None = None) -> TeacherReply:
@@ -94,6 +105,8 @@ class TeacherClient:
         n = self.ledger.affordable_requests(prompt_tokens, max_new_tokens or self.config.max_new_tokens)
         if n == 0:
             return None, NO_BUDGET
+        if self._refused is None:
+            self._refused = int(self.pool.paid().get("refused", 0))
         admitted = requests.slice(0, n)
         extra = {"prompt": prompts[:n], "seed": seeds[:n], "input_tokens": prompt_tokens[:n]}
         columns = [pa.array(extra[f.name], f.type) if f.name in extra else admitted.column(f.name).combine_chunks() for f in schema]
@@ -102,9 +115,12 @@ class TeacherClient:
     def _settle(self, responses: pa.Table) -> TeacherReply:
         # Settled from the spend journal rather than from `responses`: it holds every request sent,
         # including those of a replica that died mid-call (charged in full) and answers a retried call
-        # serves from the cache.
-        self.ledger.reconcile_teacher(self.pool.paid())
-        return TeacherReply(responses)
+        # serves from the cache; and it counts the attempts its gate refused.
+        paid = self.pool.paid()
+        self.ledger.reconcile_teacher(paid)
+        refused = int(paid.get("refused", 0))
+        new, self._refused = refused - (self._refused or 0), refused
+        return TeacherReply(responses, REFUSED.format(n=new) if new > 0 else "")
 
     def stats(self) -> dict[str, float]:
         """The pool's cumulative counters (teacher/failed_requests, ...)."""

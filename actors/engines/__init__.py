@@ -6,6 +6,7 @@ import importlib
 
 from actors.engines.base import (
     AdapterEngine,
+    AttemptRefused,
     ForwardEngine,
     Generation,
     GenerationEngine,
@@ -60,6 +61,6 @@ def build_engine(
 
 
 __all__ = [
-    "AdapterEngine", "ForwardEngine", "Generation", "GenerationEngine", "JudgeEngine", "JudgeItem",
+    "AdapterEngine", "AttemptRefused", "ForwardEngine", "Generation", "GenerationEngine", "JudgeEngine", "JudgeItem",
     "ROLE_PROTOCOLS", "SamplingParams", "StreamingEngine", "build_engine", "engine_class",
 ]

@@ -55,6 +55,12 @@ class Generation:
         return sum(picked) if picked else None
 
 
+class AttemptRefused(RuntimeError):
+    """The send log refused an attempt before it left: the run's hard budget limits cannot pay for
+    its reservation (prompt tokens + max_new_tokens). It was not sent and nothing was billed; an
+    engine ends the request with this error (the others go on) and never retries it."""
+
+
 class JudgeItem(NamedTuple):
     """One pairwise comparison: the question and the two answers, in the order they are shown."""
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from actors.engines.base import Generation, JudgeItem, SamplingParams, check_input_tokens, judge_by_prompt
+from actors.engines.base import AttemptRefused, Generation, JudgeItem, SamplingParams, check_input_tokens, judge_by_prompt
 from loopdistill.config import ConfigError, ModelConfig, OpenAIConfig
 from loopdistill.models import format_prompt, load_tokenizer
 from loopdistill.secrets import redact
@@ -315,6 +315,7 @@ class OpenAIEngine:
                 input_tokens of another length than prompts.
             OpenAIRequestError: a request failed for good (the first such error is raised, after
                 every other request finished).
+            AttemptRefused: the send log refused a request's attempt for budget (raised the same way).
         """
         out: list[Optional[Generation]] = [None] * len(prompts)
         errors = []
@@ -328,11 +329,13 @@ class OpenAIEngine:
         return out  # type: ignore[return-value]
 
     def stream(self, prompts: list[str], params: SamplingParams, seeds: Optional[list[int]] = None,
-               log=None, input_tokens: Optional[list[int]] = None) -> Iterator[tuple[int, "Generation | OpenAIRequestError"]]:
+               log=None, input_tokens: Optional[list[int]] = None) -> Iterator[tuple[int, "Generation | OpenAIRequestError | AttemptRefused"]]:
         """Yield (prompt index, Generation) as each answer arrives, or (index, OpenAIRequestError) for
-        a request that failed for good; the others go on. seeds: one per prompt (None: from
+        a request that failed for good, or (index, AttemptRefused) for one whose attempt (first or a
+        retry) the send log refused for budget; the others go on. seeds: one per prompt (None: from
         params.seed). log: optional send log (actors.teacher) told of every attempt: `sent(index,
-        estimated_input_tokens)` right before the request leaves (returns a token), then `answered(token,
+        estimated_input_tokens)` right before the attempt leaves (returns a token, or raises
+        AttemptRefused: that attempt is not sent and the request ends there), then `answered(token,
         input_tokens, output_tokens)`, `refused(token)` for a 4xx status (nothing generated), or
         `failed(token)` for an attempt that may have been billed without a usable answer (timeout,
         connection error, 5xx, unusable body). input_tokens: the prompts' counts (one per prompt),
@@ -358,7 +361,7 @@ class OpenAIEngine:
             for future in as_completed(futures):
                 try:
                     yield futures[future], future.result()
-                except OpenAIRequestError as err:
+                except (OpenAIRequestError, AttemptRefused) as err:
                     yield futures[future], err
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -383,7 +386,14 @@ class OpenAIEngine:
 
     def _post_with_retries(self, body: dict, what: str, index: int = 0, log=None, estimate: int = 0) -> _Reply:
         """POST `body`, retrying transient failures. `what` names the request in errors; `log` (see
-        `stream`) hears of each attempt."""
+        `stream`) hears of each attempt, and admits it or raises AttemptRefused before it leaves: every
+        retry passes the budget gate as a first attempt does (the attempt before it may have been
+        billed), so a retry the limits cannot pay for is not sent.
+
+        Raises:
+            OpenAIRequestError: a non-retryable status, an unusable body, or retries exhausted.
+            AttemptRefused: the send log refused an attempt (nothing more is sent for this request).
+        """
         last = ""
         for attempt in range(self.api.max_retries + 1):
             retry_after = None

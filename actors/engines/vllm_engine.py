@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator, Optional
 
-from actors.engines.base import Generation, JudgeItem, SamplingParams, check_input_tokens, judge_by_prompt
+from actors.engines.base import AttemptRefused, Generation, JudgeItem, SamplingParams, check_input_tokens, judge_by_prompt
 from actors.engines.transformers_engine import _token_spans
 from loopdistill.config import ModelConfig, VLLMConfig
 from loopdistill.seeds import prompt_seeds
@@ -226,7 +226,8 @@ class VLLMEngine:
         """Yield (prompt index, Generation) as each request finishes (completion order). All prompts
         go into the engine at once, so vLLM schedules them as one batch. seeds: one per prompt (None:
         from params.seed). log: optional send log told `sent_many(input_tokens per prompt)` before any
-        request is added and `answered(token, input_tokens, output_tokens)` as each one finishes.
+        request is added (a slot holding an AttemptRefused: not added, yielded as that error) and
+        `answered(token, input_tokens, output_tokens)` as each one finishes.
         input_tokens: the counts the send log is told (one per prompt; None: the lengths of the ids
         encoded here, the same numbers when they come from this engine's `count_tokens`). A
         request the engine drops without a finished output is yielded as a RuntimeError (counted as
@@ -243,6 +244,11 @@ class VLLMEngine:
         seeds = list(seeds) if seeds is not None else prompt_seeds(prompts, params.seed)
         counts = counts if counts is not None else [len(i) for i in ids]
         tokens = log.sent_many(counts) if log is not None else [None] * len(prompts)
+        # The send log refuses what the budget cannot pay for (an AttemptRefused in its slot): those
+        # are never added to the engine.
+        refused = [i for i, t in enumerate(tokens) if isinstance(t, AttemptRefused)]
+        for i in refused:
+            yield i, tokens[i]
         engine = self.llm.llm_engine
         call = uuid.uuid4().hex[:12]
         index_of: dict[str, int] = {}
@@ -251,6 +257,8 @@ class VLLMEngine:
             # Inside the try: if add_request refuses one prompt, the ones already added are aborted
             # rather than left in the engine, where the next call's step() would hand them back.
             for i, (prompt_ids, seed) in enumerate(zip(ids, seeds)):
+                if isinstance(tokens[i], AttemptRefused):
+                    continue
                 rid = f"ld-{call}-{i}"
                 sampling = self._sampling_params(params, seed, len(prompt_ids), final_only=True)
                 index_of[rid] = i

@@ -247,7 +247,7 @@ def test_a_5xx_attempt_stays_charged_as_failed_and_its_retry_is_settled(tiny_mod
     assert [g.text for _, g in out] == ["ok"] and eng.retries == 1
     estimate = eng.count_tokens(["x"])[0]
     assert journal_totals(tmp_path / "j.jsonl") == {"requests": len(served), "input_tokens": estimate + 3,
-                                                    "output_tokens": 4 + 1, "open": 0, "failed": 1}
+                                                    "output_tokens": 4 + 1, "open": 0, "failed": 1, "refused": 0}
 
 
 def test_a_server_echoing_the_key_does_not_put_it_in_the_error(tiny_model, monkeypatch):

@@ -106,11 +106,11 @@ def test_journal_settles_at_usage_and_charges_open_reservations_in_full(tmp_path
     journal.close()
     # b is still open, as after a crash with it in flight: charged in full
     assert journal_totals(path) == {"requests": 3, "input_tokens": 11 + 20 + 40, "output_tokens": 7 + 100 + 100,
-                                    "open": 1, "failed": 1}
+                                    "open": 1, "failed": 1, "refused": 0}
     with open(path, "a") as f:
         f.write('{"op": "reserve", "id": "torn", "input_to')  # the writer died mid-line, before sending
     assert journal_totals(path)["requests"] == 3
-    assert journal_totals(tmp_path / "none.jsonl") == {"requests": 0, "input_tokens": 0, "output_tokens": 0, "open": 0, "failed": 0}
+    assert journal_totals(tmp_path / "none.jsonl") == {"requests": 0, "input_tokens": 0, "output_tokens": 0, "open": 0, "failed": 0, "refused": 0}
 
 
 def test_journal_is_shared_by_concurrent_writers(tmp_path):
@@ -128,7 +128,7 @@ def test_journal_is_shared_by_concurrent_writers(tmp_path):
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(one, range(200)))
     assert journal_totals(tmp_path / "j.jsonl") == {"requests": 200, "input_tokens": sum(range(200)), "output_tokens": 200,
-                                                    "open": 0, "failed": 0}
+                                                    "open": 0, "failed": 0, "refused": 0}
 
 
 def test_teacher_actor_journals_what_it_sends_and_seeds_per_request(tmp_path):
@@ -207,4 +207,4 @@ def test_a_run_directory_from_before_journals_keeps_its_spend(tmp_path):
     journal = SpendJournal(tmp_path / "journal.jsonl")
     journal.carry_over(cache.stats())
     (rid,) = journal.reserve([(7, 10)])  # one more request sent after the resume, still open
-    assert journal_totals(tmp_path / "journal.jsonl") == {"requests": 3, "input_tokens": 15, "output_tokens": 20, "open": 1, "failed": 0}
+    assert journal_totals(tmp_path / "journal.jsonl") == {"requests": 3, "input_tokens": 15, "output_tokens": 20, "open": 1, "failed": 0, "refused": 0}
