@@ -3,11 +3,17 @@
 `state.json` names the iteration in progress, the stages of it already done (their Parquet tables are
 in `iter_NN/`), the partial metrics of that iteration, the ledger, the current adapter and the MLflow
 run. `loopdistill run --resume RUN_DIR` reads it and continues after the last completed stage.
+A run stopped by Ctrl-C or SIGTERM ends in `RunInterrupted`, naming the directory to resume.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -20,11 +26,78 @@ class ResumeError(RuntimeError):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped a run; `run_dir` is the directory `run --resume` continues."""
+    """Ctrl-C (SIGINT) or SIGTERM stopped a run; `run_dir` is the directory `run --resume` continues,
+    `signum` the signal that stopped it (the command line exits with 128 + signum: 130 or 143)."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, signum: int = signal.SIGINT):
         super().__init__(run_dir)
         self.run_dir = run_dir
+        self.signum = int(signum)
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by the handler `stop_on_sigterm` installs when SIGTERM arrives (`kill`,
+    `ray job stop`, a Kubernetes pod deletion). A KeyboardInterrupt, so that everything that stops a run
+    cleanly on Ctrl-C (the MLflow run marked KILLED, the actors shut down, state.json kept) does so on
+    SIGTERM too. Ray turns a KeyboardInterrupt raised inside `ray.get` into a plain KeyboardInterrupt:
+    `sigterm_received()` tells the two apart."""
+
+
+# Whether a `stop_on_sigterm` block is active, whether SIGTERM arrived in it, and the unraisable-exception
+# hook it replaced.
+_sigterm = {"active": False, "received": False, "unraisablehook": sys.unraisablehook}
+
+
+def _on_sigterm(signum, frame) -> None:
+    if _sigterm["received"]:  # a second SIGTERM must not break off the clean stop the first one began
+        return
+    _sigterm["received"] = True
+    raise Terminated()
+
+
+def _on_unraisable(hook_args) -> None:
+    """Python runs a signal handler wherever the main thread is, also inside a weakref callback or a
+    `__del__` (e.g. SQLAlchemy's, under MLflow), which swallow exceptions: the run would go on and
+    ignore the SIGTERM. Deliver the signal again, so that it is raised where it propagates; from
+    another thread a moment later, since here (in this hook) it would be swallowed again."""
+    if isinstance(hook_args.exc_value, Terminated) and _sigterm["active"]:
+        _sigterm["received"] = False
+        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        return
+    _sigterm["unraisablehook"](hook_args)
+
+
+def sigterm_received() -> bool:
+    """Whether SIGTERM arrived inside the current (or last) `stop_on_sigterm` block."""
+    return _sigterm["received"]
+
+
+def rearm_sigterm() -> None:
+    """Install the SIGTERM handler again inside a `stop_on_sigterm` block (no-op outside one, or outside
+    the main thread): `ray.init` replaces the process's SIGTERM handler with its own, which exits at
+    once with status 1 (after killing a local Ray's processes), leaving the MLflow run RUNNING."""
+    if _sigterm["active"] and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Within the block SIGTERM stops the process like Ctrl-C: the main thread raises `Terminated` (once;
+    later SIGTERMs are ignored while the stop proceeds). The previous handler is restored on leaving.
+    Outside the main thread (where Python cannot install handlers) the block changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    _sigterm.update(active=True, received=False, unraisablehook=sys.unraisablehook)
+    sys.unraisablehook = _on_unraisable
+    try:
+        yield
+    finally:
+        _sigterm["active"] = False
+        sys.unraisablehook = _sigterm["unraisablehook"]
+        # None: the previous handler was not installed from Python; the default is the closest.
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 @dataclass

@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 
 from loopdistill.config import ConfigError, load_config
@@ -52,7 +54,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point. Exit codes: 0 done (including a clean budget stop), 2 bad config, data or model,
-    130 interrupted (Ctrl-C), 1 any other failure (the MLflow run is then marked FAILED with the error)."""
+    130 interrupted (Ctrl-C, SIGINT), 143 terminated (SIGTERM: `kill`, `ray job stop`, a Kubernetes pod
+    deletion; `run` only), 1 any other failure (the MLflow run is then marked FAILED with the error).
+    On 130 and 143 the MLflow run is marked KILLED, state.json keeps every finished stage and one line
+    on stderr gives the command that continues the run."""
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     if extra and args.command == "study" and all("=" in e and not e.startswith("-") for e in extra):
@@ -62,40 +67,46 @@ def main(argv: list[str] | None = None) -> int:
     from drivers.progress import setup_logging
 
     setup_logging(getattr(args, "verbose", False))
-    from drivers.checkpoint import ResumeError, RunInterrupted
+    from drivers.checkpoint import ResumeError, RunInterrupted, sigterm_received, stop_on_sigterm
     from loopdistill.models import ModelLoadError
     from loopdistill.tasks import DataError
 
+    # SIGTERM (`kill`, `ray job stop`, a Kubernetes pod deletion) stops a run as Ctrl-C does.
     try:
-        if args.command == "run" and args.resume:
-            from drivers.loop import resume
+        with stop_on_sigterm() if args.command == "run" else contextlib.nullcontext():
+            if args.command == "run" and args.resume:
+                from drivers.loop import resume
 
-            # argparse puts the first override in the `config` slot when --resume is given.
-            overrides = ([args.config] if args.config else []) + list(args.overrides)
-            summary = resume(args.resume, overrides, verbose=args.verbose)
-        elif args.command == "compare":
-            return _compare(args)
-        elif args.command in ("study", "study-report"):
-            return _study(args)
-        else:
-            if not args.config:
-                raise ConfigError("give a config file, or --resume RUN_DIR")
-            config = load_config(args.config, args.overrides)
-            if args.command == "check-config":
-                from loopdistill.config import dump_config
+                # argparse puts the first override in the `config` slot when --resume is given.
+                overrides = ([args.config] if args.config else []) + list(args.overrides)
+                summary = resume(args.resume, overrides, verbose=args.verbose)
+            elif args.command == "compare":
+                return _compare(args)
+            elif args.command in ("study", "study-report"):
+                return _study(args)
+            else:
+                if not args.config:
+                    raise ConfigError("give a config file, or --resume RUN_DIR")
+                config = load_config(args.config, args.overrides)
+                if args.command == "check-config":
+                    from loopdistill.config import dump_config
 
-                print(dump_config(config))
-                return 0
-            from drivers.loop import run
+                    print(dump_config(config))
+                    return 0
+                from drivers.loop import run
 
-            summary = run(config, verbose=args.verbose)
+                summary = run(config, verbose=args.verbose)
     except (ConfigError, DataError, ResumeError, ModelLoadError) as err:
         print(redact(f"error: {err}"), file=sys.stderr)
         return 2
     except RunInterrupted as err:
-        print(f"interrupted; continue with: loopdistill run --resume {err.run_dir}", file=sys.stderr)
-        return 130
+        how = "terminated (SIGTERM)" if err.signum == signal.SIGTERM else "interrupted"
+        print(f"{how}; continue with: loopdistill run --resume {err.run_dir}", file=sys.stderr)
+        return 128 + err.signum
     except KeyboardInterrupt:  # before a run directory existed: nothing to resume
+        if args.command == "run" and sigterm_received():
+            print("terminated (SIGTERM) before the run started", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("interrupted before the run started", file=sys.stderr)
         return 130
     except Exception:  # noqa: BLE001 - any other failure: exit 1 with the traceback, URL credentials redacted

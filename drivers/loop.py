@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 from drivers import decontamination
 from drivers.actor_group import RESOURCES_FILE, preflight_teacher, start_actors
 from drivers.budget import BudgetLedger
-from drivers.checkpoint import ResumeError, RunInterrupted, RunState
+from drivers.checkpoint import ResumeError, RunInterrupted, RunState, rearm_sigterm, sigterm_received
 from drivers.context import make_context
 from drivers.progress import RunProgress, attach_run_log, detach_run_log, final_table
 from drivers.runner import Runner
@@ -78,7 +79,8 @@ def run(config: RunConfig, verbose: bool = True) -> RunSummary:
         loopdistill.tasks.DataError: a data file is missing or malformed (before anything starts).
         loopdistill.models.ModelLoadError: a model path does not load (before anything starts).
         loopdistill.config.ConfigError: a setting does not fit the model (before anything starts).
-        drivers.checkpoint.RunInterrupted: Ctrl-C; the run directory can be resumed.
+        drivers.checkpoint.RunInterrupted: Ctrl-C, or SIGTERM inside drivers.checkpoint.stop_on_sigterm;
+            the run directory can be resumed.
     """
     from drivers.preflight import check_fits_models
 
@@ -176,8 +178,8 @@ def configured_task(config: RunConfig) -> Task:
 def _drive(config: RunConfig, splits: Splits, run_dir: Path, state: RunState | None, verbose: bool = True,
            overrides: list[str] | None = None) -> RunSummary:
     """Start Ray and the actors, run the loop in the MLflow run (the state's on resume), write and log
-    summary.json. Ctrl-C stops it: the MLflow run is marked KILLED and RunInterrupted names the
-    directory to resume."""
+    summary.json. Ctrl-C (or SIGTERM, inside drivers.checkpoint.stop_on_sigterm) stops it: the MLflow run
+    is marked KILLED and RunInterrupted names the directory to resume and the signal."""
     from drivers.ray_setup import collect_worker_logs, init_ray
 
     log_handler, started = attach_run_log(run_dir), time.time()
@@ -190,6 +192,7 @@ def _drive(config: RunConfig, splits: Splits, run_dir: Path, state: RunState | N
             if overrides:
                 tracker.set_tags({f"resume_override.{o.split('=', 1)[0]}": o.split("=", 1)[1] for o in overrides})
             init_ray(config, run_dir=run_dir, verbose=verbose)
+            rearm_sigterm()  # ray.init put its own SIGTERM handler in place of the command line's
             actors = start_actors(config, run_dir)
             tracker.log_artifact(run_dir / RESOURCES_FILE)  # what each role holds (written by start_actors)
             try:
@@ -200,6 +203,9 @@ def _drive(config: RunConfig, splits: Splits, run_dir: Path, state: RunState | N
                 state.stop_reason = reason
                 runner.save_state()
                 tracker.set_tags({"stop_reason": reason, "iterations_completed": str(done)})
+            except KeyboardInterrupt:
+                tracker.mark_interrupted()  # first: stopping the actors may hang (see mark_interrupted)
+                raise
             finally:
                 try:
                     actors.shutdown()
@@ -210,7 +216,7 @@ def _drive(config: RunConfig, splits: Splits, run_dir: Path, state: RunState | N
             tracker.log_artifact(run_dir / "summary.json")
             tracker.log_artifact(run_dir / "run.log")
     except KeyboardInterrupt:
-        raise RunInterrupted(str(run_dir)) from None
+        raise RunInterrupted(str(run_dir), signal.SIGTERM if sigterm_received() else signal.SIGINT) from None
     finally:
         collect_worker_logs(run_dir, started)
         detach_run_log(log_handler)

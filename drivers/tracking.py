@@ -191,14 +191,25 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        """FINISHED; KILLED on Ctrl-C (KeyboardInterrupt); FAILED with an `error` tag otherwise."""
+        """FINISHED; KILLED on Ctrl-C or SIGTERM (a KeyboardInterrupt; the tag `interrupted_by` names the
+        signal); FAILED with an `error` tag otherwise."""
+        if isinstance(exc, KeyboardInterrupt):
+            self.mark_interrupted()
+            return
         status = "FINISHED"
-        if exc is not None and isinstance(exc, KeyboardInterrupt):
-            status = "KILLED"
-        elif exc is not None:
+        if exc is not None:
             status = "FAILED"
             self.client.set_tag(self.run_id, "error", redact(f"{exc_type.__name__}: {exc}")[:4000])
         self.client.set_terminated(self.run_id, status=status)
+
+    def mark_interrupted(self) -> None:
+        """End the run KILLED, tagged `interrupted_by` SIGTERM or SIGINT (Ctrl-C). Called as soon as the
+        interrupt reaches the driver, before the actors stop: a SIGTERM to the whole process group also
+        stops a local Ray, whose calls then hang until Ray ends the process."""
+        from drivers.checkpoint import sigterm_received
+
+        self.client.set_tag(self.run_id, "interrupted_by", "SIGTERM" if sigterm_received() else "SIGINT")
+        self.client.set_terminated(self.run_id, status="KILLED")
 
     @property
     def run_id(self) -> str:

@@ -12,6 +12,7 @@ import pytest
 import ray
 import yaml
 
+from drivers.study import child_config, run_demand, runs_that_fit
 from loopdistill.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -154,11 +155,20 @@ def test_the_study_config_runs_as_is_on_the_volumes_and_gpus():
     assert runs in mounts and mounts[runs]["name"] in pvcs and not mounts[runs].get("readOnly")
     workers = job["rayClusterSpec"]["workerGroupSpecs"]
     gpus = sum(int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]) * g["replicas"] for g in workers)
-    strategies = entry[entry.index("--strategies") + 1 : entry.index("--replicates")]
-    children = len(strategies) * int(entry[entry.index("--replicates") + 1])
-    per_child = config.student.num_gpus + config.trainer.num_ranks * config.trainer.num_gpus_per_rank + config.teacher.num_replicas * config.teacher.num_gpus
-    assert per_child > 0 and children * per_child <= gpus, (children, per_child, gpus)
     head_params = job["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]
+    # Ray's logical CPUs per node: rayStartParams' num-cpus, else the container's CPU limit.
+    node_cpus = lambda params, container: float(params.get("num-cpus", container["resources"]["limits"]["cpu"]))
+    cpus = node_cpus(head_params, head) + sum(
+        node_cpus(g["rayStartParams"], g["template"]["spec"]["containers"][0]) * g["replicas"] for g in workers)
+    strategies = entry[entry.index("--strategies") + 1 : entry.index("--replicates")]
+    replicates = int(entry[entry.index("--replicates") + 1])
+    # What the study itself computes: each child's actors as drivers.actor_group.resource_specs gives
+    # them, packed onto the cluster by drivers.study.runs_that_fit; all children must run at once.
+    children = [child_config(config, s, config.loop.seed + r, Path("/app/runs/study"), "http://mlflow", "parent")
+                for s in strategies for r in range(replicates)]
+    demands = [run_demand(c) for c in children]
+    assert all(any(g > 0 for _, g in d) for d in demands)  # every child reserves GPU: the config is a GPU config
+    assert runs_that_fit(demands, cpus, gpus) == len(children), (demands[0], cpus, gpus)
     assert head_params["num-gpus"] == "0" and "nvidia.com/gpu" not in head["resources"]["limits"]
 
 
