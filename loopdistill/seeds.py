@@ -35,3 +35,12 @@ def request_seed(run_seed: int, iteration: int, purpose: str, request_id: str) -
     (run seed, iteration, purpose), request_id). Callers send 0 instead for greedy (temperature 0)
     requests."""
     return teacher_seed(teacher_seed(run_seed, iteration, purpose), request_id)
+
+
+def draw_seed(run_seed: int, iteration: int, purpose: str) -> int:
+    """The seed of a driver-side random draw of iteration `iteration` ("select": softmax sampling and
+    set strategies, "badge": the gradient-embedding projection, "forecast": the bootstrap), hashed
+    like the teacher's. A sum such as run_seed + iteration would give replicate r (run seed s + r) at
+    iteration t + 1 the very stream of replicate r + 1 at iteration t: a study's replicates would not
+    be independent draws."""
+    return teacher_seed(run_seed, iteration, purpose)

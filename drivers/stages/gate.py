@@ -16,6 +16,7 @@ import numpy as np
 from drivers import gating, mixing, scaling
 from drivers.context import RunContext, StageInputs, StageResult
 from drivers.stages import evaluate, train
+from loopdistill.seeds import draw_seed
 
 log = logging.getLogger("loopdistill")
 
@@ -103,7 +104,7 @@ def forecast(ctx: RunContext, inputs: StageInputs) -> StageResult:
         return StageResult()
     left = scaling.remaining_on_axis(fc.axis, inputs.metrics, ctx.config.budget, d[-1])
     target = d[-1] + left if left is not None else d[-1] * fc.horizon_multiple
-    low, high = scaling.bootstrap_forecast(d, err, fit, target, fc.bootstrap, fc.interval, seed=ctx.config.loop.seed + t)
+    low, high = scaling.bootstrap_forecast(d, err, fit, target, fc.bootstrap, fc.interval, seed=draw_seed(ctx.config.loop.seed, t, "forecast"))
     at_target, now = float(fit.predict(target)), float(fit.predict(d[-1]))
     gain = now - at_target
     metrics = {

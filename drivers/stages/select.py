@@ -13,6 +13,7 @@ from drivers import fidelity, judge, selection
 from drivers.context import RunContext, StageInputs, StageResult
 from drivers.selection import get_strategy
 from drivers.signals import Signals
+from loopdistill.seeds import draw_seed
 
 TABLES = ("scores", "selected")
 
@@ -26,7 +27,7 @@ def run(ctx: RunContext, inputs: StageInputs) -> StageResult:
     signals, metrics, reason = gather(ctx, predictions, t)
     if reason:
         return StageResult(stop_reason=reason)
-    scores, idx = selection.choose(loop.strategy, signals, loop.seeds_per_iteration, loop.sampling, loop.softmax_temperature, loop.seed + t)
+    scores, idx = selection.choose(loop.strategy, signals, loop.seeds_per_iteration, loop.sampling, loop.softmax_temperature, draw_seed(loop.seed, t, "select"))
     losses = predictions.column("loss").to_numpy()
     metrics.update(fidelity.selection_summary(scores.column("score").to_numpy(), idx))
     metrics.update({
@@ -49,7 +50,7 @@ def gather(ctx: RunContext, predictions: pa.Table, t: int) -> tuple[Signals | No
     if "reward" in needs:
         extra["reward"] = rewards(ctx, predictions)
     if "embedding" in needs:
-        dim, seed = ctx.config.loop.badge_projection_dim, ctx.config.loop.seed + t
+        dim, seed = ctx.config.loop.badge_projection_dim, draw_seed(ctx.config.loop.seed, t, "badge")
         table = ray.get(student.gradient_embeddings.remote(seeds, predictions, adapter, dim, seed))
         extra["embedding"] = np.array(_column(table, seeds, "embedding").tolist(), dtype=np.float64)
     if "judge" in needs:
