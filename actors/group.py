@@ -150,6 +150,9 @@ class ActorGroup:
                     f"{spec.role}: {spec.replicas} bundles of {spec.bundle()} (placement {spec.placement}) not placed "
                     f"within {spec.ready_timeout_s:.0f} s; cluster resources: {ray.cluster_resources()}"
                 ) from None
+            except BaseException:  # Ctrl-C, SIGTERM, a Ray error: the reservation must not outlive the group
+                remove_placement_group(pg)
+                raise
             self.placement_group = pg
         options = spec.actor_options()
         try:

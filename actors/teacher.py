@@ -256,7 +256,12 @@ class TeacherActor:
                     if not go:
                         continue
                     rows, seeds_, counts = todo_rows[part], todo_seeds[part], todo_tokens[part]
-                    gens = batch([rows[j] for j in go], [seeds_[j] for j in go], [counts[j] for j in go])
+                    try:
+                        gens = batch([rows[j] for j in go], [seeds_[j] for j in go], [counts[j] for j in go])
+                    except Exception:  # an engine error: these were sent, not answered (not left `open`)
+                        for j in go:
+                            log.failed(sent[j])
+                        raise
                     for key, token, gen in zip([todo[part][j] for j in go], [sent[j] for j in go], gens):
                         log.answered(token, gen.input_tokens, gen.output_tokens)
                         self._keep(key, gen, fresh)

@@ -412,11 +412,20 @@ class TrainerGroup:
             done, pending = ray.wait(pending, num_returns=1)
             try:
                 ray.get(done[0])
-            except Exception:
+            except Exception as first:
                 _, still = ray.wait(pending, num_returns=len(pending), timeout=grace_s)
                 if still:
                     log.error("TrainerGroup: a rank failed while others were still training; shutting the group down")
                     self.shutdown()
+                # A dead rank makes the survivors fail in their collective ("connection closed by peer"),
+                # and their error may arrive first: raise the death, which the group restart acts on.
+                for ref in refs:
+                    try:
+                        ray.get(ref, timeout=0)
+                    except ray.exceptions.RayActorError as died:
+                        raise died from first
+                    except Exception:
+                        continue
                 raise
         return ray.get(refs)
 

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -45,14 +46,24 @@ class Terminated(KeyboardInterrupt):
 
 # Whether a `stop_on_sigterm` block is active, whether SIGTERM arrived in it, and the unraisable-exception
 # hook it replaced.
-_sigterm = {"active": False, "received": False, "unraisablehook": sys.unraisablehook}
+_sigterm = {"active": False, "received": False, "at": 0.0, "unraisablehook": sys.unraisablehook}
+REPEAT_GRACE_S = 30.0  # a repeated SIGTERM within this many seconds is part of the same stop
 
 
 def _on_sigterm(signum, frame) -> None:
-    if _sigterm["received"]:  # a second SIGTERM must not break off the clean stop the first one began
+    # A second SIGTERM must not break off the clean stop the first one began; but if the first was
+    # swallowed (third-party code catching BaseException), a later one must still stop the run.
+    if _sigterm["received"] and time.monotonic() - _sigterm["at"] < REPEAT_GRACE_S:
         return
-    _sigterm["received"] = True
+    _sigterm["received"], _sigterm["at"] = True, time.monotonic()
     raise Terminated()
+
+
+def _resend_sigterm() -> None:
+    """The delayed re-delivery of _on_unraisable: only while the block is still active (after it, the
+    previous handler, often SIG_DFL, would kill the process without any clean-up)."""
+    if _sigterm["active"]:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _on_unraisable(hook_args) -> None:
@@ -62,7 +73,7 @@ def _on_unraisable(hook_args) -> None:
     another thread a moment later, since here (in this hook) it would be swallowed again."""
     if isinstance(hook_args.exc_value, Terminated) and _sigterm["active"]:
         _sigterm["received"] = False
-        threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        threading.Timer(0.05, _resend_sigterm).start()
         return
     _sigterm["unraisablehook"](hook_args)
 
@@ -107,7 +118,7 @@ class RunState:
 
     mlflow_run_id: str
     iteration: int = 0  # the iteration in progress (== iterations completed)
-    # of `iteration`: predict, select, generate, train, evaluate, then the gate's retrain1, retrain2, ...
+    # of `iteration`: predict, select, generate, fidelity, train, evaluate, then the gate's retrain1, retrain2, ...
     stages_done: list[str] = field(default_factory=list)
     partial_metrics: dict[str, float] = field(default_factory=dict)  # of `iteration`
     baseline_done: bool = False

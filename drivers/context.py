@@ -110,7 +110,10 @@ class RunContext:
         if self.actors.reward is not None:
             totals["reward"] = ray.get(self.actors.reward.busy_seconds.remote())
         for role, total in totals.items():
-            self.ledger.charge_seconds(role, total - self.seen_seconds[role])
+            # An actor restarted by Ray counts from 0 again: a total below the last one seen is what the
+            # new process did (charging the difference would refund seconds already spent).
+            seen = self.seen_seconds[role]
+            self.ledger.charge_seconds(role, total - seen if total >= seen else total)
             self.seen_seconds[role] = total
         return {**self.ledger.metrics(), **self.teacher.stats()}
 

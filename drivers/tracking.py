@@ -167,6 +167,7 @@ class Tracker:
         self.run_dir = run_dir
         self.run_name = run_name
         self.resume_id = run_id  # set: continue this run (resume) instead of starting one
+        self._interrupted = False  # mark_interrupted ran (it is called twice on an interrupt)
 
     def __enter__(self) -> "Tracker":
         if self.resume_id:
@@ -208,6 +209,9 @@ class Tracker:
         stops a local Ray, whose calls then hang until Ray ends the process."""
         from drivers.checkpoint import sigterm_received
 
+        if self._interrupted:  # _drive marks it first; Tracker.__exit__ then has nothing to do
+            return
+        self._interrupted = True
         self.client.set_tag(self.run_id, "interrupted_by", "SIGTERM" if sigterm_received() else "SIGINT")
         self.client.set_terminated(self.run_id, status="KILLED")
 

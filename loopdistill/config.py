@@ -147,8 +147,11 @@ class TeacherConfig(_Section):
     def _drop_stale_seed(cls, data):
         # teacher.seed was read nowhere (a request's sampling seed comes from loop.seed, iteration, purpose
         # and request id: loopdistill.seeds) and is gone. The config.json of every run started before
-        # holds it (`"seed": 0`); it is dropped here, whatever its value, so those runs still resume.
+        # holds its default (`"seed": 0`), dropped here so those runs still resume; any other value was
+        # set by a user who expects it to matter, and is an error naming the field.
         if isinstance(data, dict) and "seed" in data:
+            if data["seed"] != 0:
+                raise ValueError("seed: teacher.seed was removed (it was never read); teacher request seeds come from loop.seed")
             data = {k: v for k, v in data.items() if k != "seed"}
         return data
 

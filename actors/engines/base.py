@@ -18,7 +18,8 @@ from loopdistill.judging import judge_prompt
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to decode. temperature 0 = greedy; `seed` makes sampling repeatable per call."""
+    """How to decode. temperature 0 = greedy. Teacher requests carry their own seeds (passed beside the
+    params); `seed` is the base of `prompt_seeds` when a caller gives none."""
 
     max_new_tokens: int
     temperature: float = 0.0

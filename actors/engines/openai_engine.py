@@ -378,7 +378,13 @@ class OpenAIEngine:
     def _one(self, index: int, prompt: str, estimate: int, seed: int, n: int, params: SamplingParams, log=None) -> Generation:
         reserved = estimate + params.max_new_tokens
         self.limits.acquire(reserved)
-        reply = self._post_with_retries(self._body(prompt, params, seed), f"request {index + 1} of {n}", index, log, estimate)
+        try:
+            reply = self._post_with_retries(self._body(prompt, params, seed), f"request {index + 1} of {n}", index, log, estimate)
+        except (AttemptRefused, OpenAIRequestError):
+            # No answer used the tokens taken from the (possibly shared) TPM bucket: give them back,
+            # or the other replicas would wait for tokens nobody spends.
+            self.limits.refund(reserved)
+            raise
         n_in = reply.input_tokens if reply.input_tokens is not None else estimate
         n_out = reply.output_tokens if reply.output_tokens is not None else self._count(reply.text)
         self.limits.refund(reserved - n_in - n_out)

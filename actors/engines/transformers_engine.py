@@ -89,7 +89,7 @@ class TransformersEngine:
     def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int] | None = None,
                  input_tokens: list[int] | None = None) -> list[Generation]:
         """seeds: one per prompt (the teacher's per-request seeds; None: `prompt_seeds(prompts,
-        params.seed)`, as the other engines). With temperature > 0 each row samples from its own
+        params.seed)`, as the vLLM and HTTP engines). With temperature > 0 each row samples from its own
         torch.Generator seeded by its request's seed (`_GumbelMax`), so a request's sample does not
         depend on which requests share its batch (up to the float rounding of a padded batch);
         temperature 0 is greedy and takes no seed. Sampling applies temperature and top-p only (no
@@ -132,8 +132,11 @@ class TransformersEngine:
     def _generate_batch(self, prompts: list[str], params: SamplingParams, seeds: list[int] | None) -> list[Generation]:
         """seeds: one per prompt when sampling (temperature > 0), None for greedy decoding."""
         enc = self._encode(prompts)
-        kwargs = {}
+        # Greedy whatever the model's generation_config says (some chat models ship do_sample=True).
+        kwargs = {"do_sample": False}
         if seeds is not None:
+            if len(seeds) != len(prompts):  # one generator per row, or a short list would be broadcast
+                raise ValueError(f"{len(seeds)} sampling seeds for {len(prompts)} prompts")
             # Greedy argmax over Gumbel-perturbed, temperature/top-p-processed scores is a sample of
             # softmax(processed scores), drawn from per-row generators instead of torch's global RNG
             # (HF's do_sample draws all rows from that one RNG, so a row's sample depends on its batch).
@@ -174,7 +177,7 @@ class TransformersEngine:
 class _GumbelMax:
     """Logits processor that adds standard Gumbel noise to each row's scores from that row's own
     torch.Generator, so that the argmax of greedy decoding is a sample of softmax(scores): the
-    Gumbel-max trick (Gumbel 1954; Maddison, Tarlow & Minka 2014, "A* Sampling", Sec. 2). Rows
+    Gumbel-max trick (Gumbel 1954; Maddison, Tarlow & Minka 2014, "A* Sampling", Sec. 2). Tokens
     filtered out by top-p (-inf) stay out.
 
     Args:

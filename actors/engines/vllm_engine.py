@@ -231,7 +231,7 @@ class VLLMEngine:
         input_tokens: the counts the send log is told (one per prompt; None: the lengths of the ids
         encoded here, the same numbers when they come from this engine's `count_tokens`). A
         request the engine drops without a finished output is yielded as a RuntimeError (counted as
-        failed by the teacher, its reservation left charged), not as an empty answer.
+        failed by the teacher and journaled as failed, charged in full), not as an empty answer.
 
         Raises:
             ValueError: vLLM refused a prompt at add_request (the call's other requests are aborted), or
@@ -278,6 +278,8 @@ class VLLMEngine:
                     yield i, gen
             lost, pending = sorted(pending), set()
             for i in lost:  # the engine dropped them without a finished output: failed, not empty answers
+                if log is not None:
+                    log.failed(tokens[i])  # journaled as failed (charged in full), not left open
                 yield i, RuntimeError(f"vLLM finished without an output for request {i + 1} of {len(prompts)}")
         finally:
             if pending:  # the caller stopped early or step() raised: free the engine for the next call

@@ -93,3 +93,7 @@ def test_config_json_of_an_old_run_with_teacher_seed_still_loads():
     old["teacher"]["sed"] = 0
     with pytest.raises(ConfigError, match="teacher.sed"):
         build_config(old, "run_dir/config.json")
+    del old["teacher"]["sed"]
+    old["teacher"]["seed"] = 7  # set by a user who expects it to matter: an error naming the field
+    with pytest.raises(ConfigError, match="teacher.seed"):
+        build_config(old, "run_dir/config.json")
