@@ -97,7 +97,7 @@ def teacher_limit_exceeded(limits: BudgetConfig | None, input_tokens: int, outpu
     if limits.teacher_output_tokens is not None and output_tokens > limits.teacher_output_tokens:
         return f"budget.teacher_output_tokens: {output_tokens} > {limits.teacher_output_tokens}"
     if limits.usd is not None:
-        usd = (input_tokens * limits.usd_per_million_input_tokens + output_tokens * limits.usd_per_million_output_tokens) / 1e6
+        usd = limits.teacher_usd(input_tokens, output_tokens)
         if usd > limits.usd:
             return f"budget.usd: {usd:.6g} > {limits.usd:.6g}"
     return None

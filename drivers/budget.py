@@ -45,6 +45,11 @@ class Spent:
     accelerator_seconds: dict[str, float] = field(default_factory=dict)
 
 
+# The BudgetConfig limits on spending (the two price fields are not limits); each is also a
+# `budget/<name>` metric of BudgetLedger.metrics.
+LIMITS = ("teacher_input_tokens", "teacher_output_tokens", "teacher_samples", "accelerator_seconds", "usd")
+
+
 class BudgetLedger:
     """Tracks spend against `BudgetConfig` limits (None = unlimited)."""
 
@@ -53,12 +58,8 @@ class BudgetLedger:
         self.spent = Spent()
 
     # --- money --------------------------------------------------------------------------------
-    def usd(self, input_tokens: int, output_tokens: int) -> float:
-        lim = self.limits
-        return (input_tokens * lim.usd_per_million_input_tokens + output_tokens * lim.usd_per_million_output_tokens) / 1e6
-
     def usd_spent(self) -> float:
-        return self.usd(self.spent.teacher_input_tokens, self.spent.teacher_output_tokens)
+        return self.limits.teacher_usd(self.spent.teacher_input_tokens, self.spent.teacher_output_tokens)
 
     # --- teacher requests ---------------------------------------------------------------------
     def affordable_requests(self, prompt_tokens: list[int], max_new_tokens: int) -> int:

@@ -9,12 +9,12 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from drivers import plots
+from drivers.budget import LIMITS
 from drivers.calibration import reliability_curve
 from drivers.checkpoint import RunState
 from drivers.scaling import LawFit
 from loopdistill.config import RunConfig
 
-BUDGET_LIMITS = ("teacher_input_tokens", "teacher_output_tokens", "teacher_samples", "accelerator_seconds", "usd")
 
 
 def iteration_figures(config: RunConfig, state: RunState, t: int, out_dir: Path, metrics: dict[str, float]) -> dict:
@@ -37,7 +37,7 @@ def iteration_figures(config: RunConfig, state: RunState, t: int, out_dir: Path,
         out[f"{where}/forecast.png"] = plots.forecast_figure(
             np.array(record["D"]), np.array(record["val_error"]), LawFit(**record["fit"]), record["target_D"],
             tuple(record["interval"]), label)
-    limits = {name: getattr(config.budget, name) for name in BUDGET_LIMITS}
+    limits = {name: getattr(config.budget, name) for name in LIMITS}
     spent = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("budget/")}
     out[f"{where}/budget.png"] = plots.budget_figure(spent, limits)
     return out

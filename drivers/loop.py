@@ -17,7 +17,7 @@ from pathlib import Path
 
 from drivers import decontamination
 from drivers.actor_group import RESOURCES_FILE, preflight_teacher, start_actors
-from drivers.budget import BudgetLedger
+from drivers.budget import LIMITS, BudgetLedger
 from drivers.checkpoint import ResumeError, RunInterrupted, RunState, rearm_sigterm, sigterm_received
 from drivers.context import make_context
 from drivers.progress import RunProgress, attach_run_log, detach_run_log, final_table
@@ -229,10 +229,7 @@ def _drive(config: RunConfig, splits: Splits, run_dir: Path, state: RunState | N
 def _budget_left(ledger: BudgetLedger) -> str:
     """What the tightest budget limit has left, e.g. '81% teacher_output_tokens' ('unlimited')."""
     lim, spent = ledger.limits, ledger.metrics()
-    pairs = {
-        "teacher_input_tokens": spent["budget/teacher_input_tokens"], "teacher_output_tokens": spent["budget/teacher_output_tokens"],
-        "teacher_samples": spent["budget/teacher_samples"], "accelerator_seconds": spent["budget/accelerator_seconds"], "usd": spent["budget/usd"],
-    }
+    pairs = {name: spent[f"budget/{name}"] for name in LIMITS}
     left = [(1 - used / limit, name) for name, used in pairs.items() if (limit := getattr(lim, name)) is not None and limit > 0]
     if not left:
         return "unlimited"

@@ -265,6 +265,11 @@ class BudgetConfig(_Section):
     usd_per_million_input_tokens: float = Field(0.0, ge=0)
     usd_per_million_output_tokens: float = Field(0.0, ge=0)
 
+    def teacher_usd(self, input_tokens: int, output_tokens: int) -> float:
+        """USD of teacher tokens at the configured prices per million (the ledger and the spend
+        journal's admission both price with this)."""
+        return (input_tokens * self.usd_per_million_input_tokens + output_tokens * self.usd_per_million_output_tokens) / 1e6
+
 
 class GateConfig(_Section):
     """The calibration gate (drivers/gating.py; arXiv 2510.05133): after each iteration, compare the
