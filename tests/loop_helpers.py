@@ -2,6 +2,10 @@
 and the outcome of a run (what an interrupted run must reproduce)."""
 from __future__ import annotations
 
+import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -29,3 +33,23 @@ def run_outcome(run_dir: Path) -> list:
          pq.read_table(it / "synthetic.parquet").select(["id", "question", "answer"]).to_pylist())
         for it in sorted(run_dir.glob("iter_*"))
     ]
+
+
+def kill_once_stage_done(proc, root: Path, t: int, stage: str, timeout_s: float = 600.0) -> None:
+    """SIGKILL the process group of `proc` (a `drivers.cli run` started with start_new_session) once
+    the state.json under `root` shows `stage` of iteration t done, or a later iteration started.
+    Fails if the run ended first (it could not be killed mid-run)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        files = list(root.glob("*/state.json"))
+        if files:
+            try:
+                state = json.loads(files[0].read_text())
+            except json.JSONDecodeError:  # read while being written
+                state = {}
+            if state.get("iteration", 0) > t or (state.get("iteration") == t and stage in state.get("stages_done", [])):
+                break
+        time.sleep(0.1)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

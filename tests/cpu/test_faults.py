@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ import yaml
 
 from actors.request_cache import RequestCache
 from loop_helpers import run_outcome as _outcome
-from loop_helpers import tiny_config
+from loop_helpers import kill_once_stage_done, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,20 +91,7 @@ def test_driver_killed_then_resumed(tmp_path, shared_data, reference, kill_after
     config = _write_config(tmp_path, shared_data, "killed")
     proc = _cli(str(config), wait=False)
     t, stage = int(kill_after.split()[1].rstrip(":")), kill_after.split()[-1]
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        state_files = list((tmp_path / "killed").glob("*/state.json"))
-        if state_files:
-            try:
-                state = json.loads(state_files[0].read_text())
-            except json.JSONDecodeError:
-                state = {}
-            if state.get("iteration", 0) > t or (state.get("iteration") == t and stage in state.get("stages_done", [])):
-                break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_once_stage_done(proc, tmp_path / "killed", t, stage)
     run_dir = _run_dir(tmp_path / "killed")
     resumed = _cli("--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -12,17 +12,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import yaml
 from mlflow.tracking import MlflowClient
 
-from loop_helpers import tiny_config
+from loop_helpers import kill_once_stage_done, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "tiny_loop.json"
@@ -98,21 +96,7 @@ def _compare(got: dict, want: dict, label: str) -> None:
 def _kill_mid_iteration_1(tmp_path: Path, config: Path) -> Path:
     """SIGKILL the driver (its whole process group) once iteration 1's generate stage is done, then
     `--resume` the run directory."""
-    proc = _cli(str(config), wait=False)
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        files = list((tmp_path / "killed").glob("*/state.json"))
-        if files:
-            try:
-                state = json.loads(files[0].read_text())
-            except json.JSONDecodeError:
-                state = {}
-            if state.get("iteration", 0) > 1 or (state.get("iteration") == 1 and "generate" in state.get("stages_done", [])):
-                break
-        time.sleep(0.1)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_once_stage_done(_cli(str(config), wait=False), tmp_path / "killed", 1, "generate")
     run_dir = _run_dir(tmp_path / "killed")
     resumed = _cli("--resume", str(run_dir))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
