@@ -354,15 +354,19 @@ class TrainerGroup:
         spec: the ranks' resources; spec.replicas is the world size.
         ready_timeout_s: overrides spec.ready_timeout_s: how long to wait for the placement group and
             for the ranks to form their process group.
+        wait: False: return once the ranks are created, without waiting for their placement group,
+            their constructors or the process group; `actors.group.wait_all_ready` with `self.group`
+            forms the process group as soon as the ranks are up (so the ranks load their model while
+            the other roles load theirs). A group restart always waits.
 
     Raises:
         ValueError: spec.max_restarts != 0.
-        TimeoutError: the cluster cannot place the bundles within the timeout (the message names the
-            role, the bundles and the cluster's resources).
+        TimeoutError: (wait=True) the cluster cannot place the bundles within the timeout (the
+            message names the role, the bundles and the cluster's resources).
     """
 
     def __init__(self, config: TrainerConfig, model: ModelConfig, spec: ResourceSpec,
-                 ready_timeout_s: float | None = None):
+                 ready_timeout_s: float | None = None, wait: bool = True):
         if spec.max_restarts != 0:
             raise ValueError(f"{spec.role}: max_restarts={spec.max_restarts}; ranks of one process group restart "
                              "together (group_restarts), never one by one")
@@ -371,7 +375,7 @@ class TrainerGroup:
         self.config, self.model, self.spec = config, model, spec
         world = spec.replicas
         self.group = ActorGroup(TrainerRankActor, spec, [(rank, world, config, model) for rank in range(world)],
-                                on_start=_form_process_group)
+                                on_start=_form_process_group, wait=wait)
 
     @property
     def ranks(self) -> list:

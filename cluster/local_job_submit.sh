@@ -14,6 +14,9 @@ data_override=()
 # Ray's token authentication: the head and `ray job submit` both read ~/.ray/auth_token.
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 [ "$RAY_AUTH_MODE" != token ] || [ -s "${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}" ] || ray get-auth-token --generate >/dev/null
+# `ray job stop` sends SIGTERM and SIGKILLs after this many seconds (Ray's default 3 s is too short for the
+# driver to mark its MLflow run KILLED); the head's job supervisor reads it.
+export RAY_JOB_STOP_WAIT_TIME_S=${RAY_JOB_STOP_WAIT_TIME_S:-60}
 # `--block` keeps the head's processes under this one process group, so stopping the group stops this
 # head alone (`ray stop` would stop every Ray instance on the machine).
 setsid ray start --head --block --node-ip-address=127.0.0.1 --port="$port" --dashboard-host=127.0.0.1 \

@@ -7,6 +7,7 @@ the run directory's resources.json records it."""
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,13 +94,16 @@ def write_resources(specs: dict[str, ResourceSpec], run_dir: Path) -> Path:
 
 @dataclass
 class Actors:
-    """Handles of the long-lived actors of one run."""
+    """Handles of the long-lived actors of one run, and how long they took to start."""
 
     teacher: object  # actors.teacher_pool.TeacherPool
     student: object  # ray ActorHandle of StudentScorerActor
     trainer: object  # actors.trainer.TrainerGroup
     reward: object = None  # ray ActorHandle of RewardModelActor, when the strategy reads a reward model
     groups: list = field(default_factory=list)  # the student's and reward model's ActorGroups
+    # Seconds from the call of start_actors until each role was ready ("teacher", "rate_limiter",
+    # "student", "trainer", "reward" as started) and until all were ("actors").
+    startup_s: dict = field(default_factory=dict)
 
     def shutdown(self) -> None:
         """Kill every actor and free the trainer's placement group."""
@@ -112,42 +116,77 @@ class Actors:
 def start_actors(config: RunConfig, run_dir: Path) -> Actors:
     """Start every role of `resource_specs(config)` (written first to run_dir/resources.json): the
     teacher pool (its paid-once request cache and spend journal live in the run directory; the
-    journal gates every teacher attempt on `config.budget`), the
-    student scorer, the trainer group, and the reward model when the strategy reads one. If a role
-    fails to start, the roles already started are shut down.
+    journal gates every teacher attempt on `config.budget`), the student scorer, the trainer group,
+    and the reward model when the strategy reads one; returns once every actor's constructor has
+    returned and the trainer ranks have formed their process group.
+
+    The roles start at the same time: every role's actors are created first, then one wait covers
+    them all, and the trainer's process group forms as soon as its ranks are up, while the engines of
+    the other roles may still be loading. The named models (loopdistill.models.resolve_model, e.g. a
+    GGUF converted to safetensors) are resolved here once, before any actor, so the actors find them
+    converted instead of queueing on the conversion's file lock. Actors.startup_s holds the seconds
+    per role. If a role fails to start, every role started is shut down.
 
     Raises:
-        TimeoutError: the trainer's placement group is not placed (message names role, bundles and
-            the cluster's resources).
+        actors.group.ActorStartError: an actor's constructor raised, or the trainer's process group
+            did not form (the message names the role and the reason).
+        TimeoutError: a role not ready within its spec.ready_timeout_s seconds (message names the
+            role, its bundles or what each actor asks, and the cluster's resources).
     """
+    from actors.group import StartedActors, wait_all_ready
     from actors.reward import RewardModelActor
     from actors.student import StudentScorerActor
     from actors.teacher_pool import TeacherPool
     from actors.trainer import TrainerGroup
+    from loopdistill.models import resolve_model
 
+    since = time.perf_counter()
     specs = resource_specs(config)
     write_resources(specs, run_dir)
+    paths = [config.student.model.path, config.teacher.model.path] + ([config.reward.model.path] if "reward" in specs else [])
+    for path in dict.fromkeys(paths):
+        resolve_model(path)  # a no-op for a path or hub id, and for a model converted before
     started: list = []
     try:
         teacher = TeacherPool(config.teacher, config.task.name, specs["teacher"], str(run_dir / "teacher_cache.sqlite"),
                               str(run_dir / TEACHER_JOURNAL), limiter_spec=specs.get("rate_limiter", LIMITER_SPEC),
                               budget=config.budget)
         started.append(teacher)
-        student = ActorGroup(StudentScorerActor, specs["student"], [(config.student, config.task.name)])
+        waiting = {"teacher": teacher.group}
+        if teacher.limiter is not None:
+            waiting["rate_limiter"] = StartedActors(specs.get("rate_limiter", LIMITER_SPEC), [teacher.limiter])
+        # wait=False: no role waits for a placement group or an on_start before the next is created.
+        student = ActorGroup(StudentScorerActor, specs["student"], [(config.student, config.task.name)], wait=False)
         started.append(student)
-        trainer = TrainerGroup(config.trainer, config.student.model, specs["trainer"])
+        waiting["student"] = student
+        trainer = TrainerGroup(config.trainer, config.student.model, specs["trainer"], wait=False)
         started.append(trainer)
+        waiting["trainer"] = trainer.group
         reward = None
         if "reward" in specs:
-            reward = ActorGroup(RewardModelActor, specs["reward"], [(config.reward,)])
+            reward = ActorGroup(RewardModelActor, specs["reward"], [(config.reward,)], wait=False)
             started.append(reward)
+            waiting["reward"] = reward
+        startup_s = wait_all_ready(waiting, since=since)
     except BaseException:
         for one in reversed(started):
             one.shutdown()
         raise
+    startup_s["actors"] = time.perf_counter() - since
     groups = [student] + ([reward] if reward is not None else [])
     return Actors(teacher=teacher, student=student[0], trainer=trainer, reward=reward[0] if reward is not None else None,
-                  groups=groups)
+                  groups=groups, startup_s=startup_s)
+
+
+def startup_metrics(ray_init_s: float, actors_s: dict[str, float], total_s: float) -> dict[str, float]:
+    """The start-up figures of a run (seconds), as MLflow metrics: startup/ray_init_s (connecting to
+    or starting Ray), startup/actors_s (start_actors until every role was ready),
+    startup/<role>_s (start_actors' call until that role was ready; Actors.startup_s) and
+    startup/total_s (the driver's start until the first stage)."""
+    out = {"startup/ray_init_s": ray_init_s}
+    out.update({f"startup/{role}_s": seconds for role, seconds in actors_s.items()})
+    out["startup/total_s"] = total_s
+    return out
 
 
 def preflight_teacher(config: RunConfig) -> None:

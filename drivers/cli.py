@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from drivers.progress import setup_logging
 
     setup_logging(getattr(args, "verbose", False))
+    from actors.group import ActorStartError  # an actor's constructor raised: its role and reason, one line
     from drivers.checkpoint import ResumeError, RunInterrupted, sigterm_received, stop_on_sigterm
     from loopdistill.models import ModelLoadError
     from loopdistill.tasks import DataError
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 from drivers.loop import run
 
                 summary = run(config, verbose=args.verbose)
-    except (ConfigError, DataError, ResumeError, ModelLoadError) as err:
+    except (ConfigError, DataError, ResumeError, ModelLoadError, ActorStartError) as err:
         print(redact(f"error: {err}"), file=sys.stderr)
         return 2
     except RunInterrupted as err:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from drivers import decontamination
-from drivers.actor_group import RESOURCES_FILE, preflight_teacher, start_actors
+from drivers.actor_group import RESOURCES_FILE, preflight_teacher, start_actors, startup_metrics
 from drivers.budget import LIMITS, BudgetLedger
 from drivers.checkpoint import ResumeError, RunInterrupted, RunState, rearm_sigterm, sigterm_received
 from drivers.context import make_context
@@ -153,7 +153,7 @@ def load_splits(config: RunConfig) -> Splits:
     """
     tc = config.task
     options = {"levels": tc.levels} if tc.levels is not None else {}  # MATH difficulty levels only
-    splits = get_task(tc.name).load_splits(tc.data_path, tc.num_seeds, tc.num_validation, tc.num_test, tc.seed, **options)
+    splits = configured_task(config).load_splits(tc.data_path, tc.num_seeds, tc.num_validation, tc.num_test, tc.seed, **options)
     if splits.seeds.num_rows == 0:
         raise DataError(f"{tc.data_path}: the seed pool is empty")
     ids = [i for table in (splits.seeds, splits.validation, splits.test) for i in table.column("id").to_pylist()]
@@ -170,8 +170,10 @@ def load_splits(config: RunConfig) -> Splits:
 
 
 def configured_task(config: RunConfig) -> Task:
-    """The task named by `config.task` with its run options (Game of 24: `max_number`, `in_range_fraction`)."""
-    options = {k: v for k in ("max_number", "in_range_fraction") if (v := getattr(config.task, k)) is not None}
+    """The task named by `config.task` with its run options (Game of 24: `max_number`, `in_range_fraction`;
+    ProntoQA: `max_hops`, `opposite_distractor`)."""
+    keys = ("max_number", "in_range_fraction", "max_hops", "opposite_distractor")
+    options = {k: v for k in keys if (v := getattr(config.task, k)) is not None}
     return get_task(config.task.name).with_options(**options)
 
 
@@ -182,7 +184,7 @@ def _drive(config: RunConfig, splits: Splits, run_dir: Path, state: RunState | N
     is marked KILLED and RunInterrupted names the directory to resume and the signal."""
     from drivers.ray_setup import collect_worker_logs, init_ray
 
-    log_handler, started = attach_run_log(run_dir), time.time()
+    log_handler, started, drive_start = attach_run_log(run_dir), time.time(), time.perf_counter()
     try:
         # Started before Ray: on a cluster, tracking-server problems show before any actor is paid for.
         with Tracker(config, run_dir, config.tracking.run_name or run_dir.name, run_id=state.mlflow_run_id if state else None) as tracker:
@@ -191,7 +193,9 @@ def _drive(config: RunConfig, splits: Splits, run_dir: Path, state: RunState | N
             tracker.log_artifact(run_dir / "config.json")
             if overrides:
                 tracker.set_tags({f"resume_override.{o.split('=', 1)[0]}": o.split("=", 1)[1] for o in overrides})
+            ray_start = time.perf_counter()
             init_ray(config, run_dir=run_dir, verbose=verbose)
+            ray_init_s = time.perf_counter() - ray_start
             rearm_sigterm()  # ray.init put its own SIGTERM handler in place of the command line's
             actors = start_actors(config, run_dir)
             tracker.log_artifact(run_dir / RESOURCES_FILE)  # what each role holds (written by start_actors)
@@ -199,6 +203,9 @@ def _drive(config: RunConfig, splits: Splits, run_dir: Path, state: RunState | N
                 ctx = make_context(config, configured_task(config), splits, actors, run_dir, state)
                 with RunProgress(lambda: _budget_left(ctx.ledger)) as progress:
                     runner = Runner(ctx, tracker, progress)
+                    startup = startup_metrics(ray_init_s, actors.startup_s, time.perf_counter() - drive_start)
+                    tracker.log_metrics(startup, step=0)
+                    log.info("start-up: %s", ", ".join(f"{k.split('/', 1)[1]} {v:.1f}" for k, v in startup.items()))
                     done, reason = runner.run()
                 state.stop_reason = reason
                 runner.save_state()

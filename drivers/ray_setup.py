@@ -22,8 +22,24 @@ def logical_cpus_needed(config: RunConfig) -> float:
     return sum(cpus for spec in resource_specs(config).values() for cpus, _ in spec.demand())
 
 
+def worker_env_vars() -> dict[str, str]:
+    """Environment variables every Ray worker of the run gets: VLLM_CACHE_ROOT =
+    <loopdistill.models.cache_dir()>/vllm, so vLLM's torch.compile artefacts live beside the converted
+    models and a second run (or a second pod with the cache directory on a volume) reuses them
+    instead of compiling again; left out when the driver's environment sets VLLM_CACHE_ROOT (the
+    user's choice stands: local workers inherit it, a cluster's pods or job set it themselves).
+    The driver's cache path is used on every node (the cluster manifests mount the same volume at
+    the same path on every pod)."""
+    from loopdistill.models import cache_dir
+
+    if os.environ.get("VLLM_CACHE_ROOT"):
+        return {}
+    return {"VLLM_CACHE_ROOT": str(cache_dir() / "vllm")}
+
+
 def init_ray(config: RunConfig, run_dir: Optional[Path] = None, verbose: bool = True) -> None:
-    """Connect to `ray.address` or $RAY_ADDRESS when set, else start local Ray.
+    """Connect to `ray.address` or $RAY_ADDRESS when set, else start local Ray; either way the job's
+    workers get `worker_env_vars()`.
 
     `verbose` False: the workers' output (library warnings) is not echoed on the driver's terminal;
     `collect_worker_logs` copies it into the run directory at the end.
@@ -36,13 +52,16 @@ def init_ray(config: RunConfig, run_dir: Optional[Path] = None, verbose: bool = 
     if ray.is_initialized():
         return
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    env_vars = worker_env_vars()
+    runtime_env = {"env_vars": env_vars} if env_vars else None
     if address:
-        ray.init(address=address, log_to_driver=verbose)
+        ray.init(address=address, log_to_driver=verbose, runtime_env=runtime_env)
         return
     paths = [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     cpus = config.ray.num_cpus or max(os.cpu_count() or 1, int(-(-logical_cpus_needed(config) // 1)))
-    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, log_to_driver=verbose)
+    ray.init(num_cpus=cpus, include_dashboard=False, configure_logging=False, log_to_driver=verbose,
+             runtime_env=runtime_env)
 
 
 def collect_worker_logs(run_dir: Path, since: float) -> None:

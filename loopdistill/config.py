@@ -44,6 +44,14 @@ class TaskConfig(_Section):
         None, ge=13, le=1000, description="Game of 24 only: largest integer in synthetic (rewritten) puzzles; "
         "evaluation keeps the 1..13 puzzles of its data. None = the task's default (loopdistill.tasks.game24.DEFAULT_MAX_NUMBER)"
     )
+    max_hops: Optional[int] = Field(
+        None, ge=1, le=10, description="ProntoQA only: largest hop count of generated splits (data_path 'generate') and of the "
+        "programmatic teacher's rewrites; None = 1-5 hop splits and 1-7 hop rewrites"
+    )
+    opposite_distractor: Optional[bool] = Field(
+        None, description="ProntoQA only: false leaves out of generated splits and rewrites the rule giving the queried "
+        "property the opposite value on a creature the person is not (easier problems); None = true"
+    )
     in_range_fraction: Optional[float] = Field(
         None, ge=0, le=1, description="Game of 24 only: share of synthetic puzzles whose four numbers all lie in 1..13 "
         "(the evaluation range); the rest hold a number in 14..max_number. None = no preference (every split drawn from 1..max_number)"
@@ -357,6 +365,9 @@ class RunConfig(_Section):
             raise ValueError(f"task.levels: difficulty levels exist only for task 'math', not {self.task.name!r}")
         if self.task.max_number is not None and self.task.name != "game24":
             raise ValueError(f"task.max_number: a number range exists only for task 'game24', not {self.task.name!r}")
+        for key in ("max_hops", "opposite_distractor"):
+            if getattr(self.task, key) is not None and self.task.name != "prontoqa":
+                raise ValueError(f"task.{key}: a ProntoQA generator setting, not for task {self.task.name!r}")
         if self.task.in_range_fraction is not None and self.task.name != "game24":
             raise ValueError(f"task.in_range_fraction: a number range exists only for task 'game24', not {self.task.name!r}")
         if self.task.in_range_fraction is not None and self.task.in_range_fraction < 1 and self.task.max_number == 13:

@@ -36,6 +36,9 @@ _ANSWER_IS = re.compile(r"answer is\W*(true|false)\b", re.I)
 _NEW_QUESTION = re.compile(r"new question\s*:", re.I)
 _QUESTION_END = re.compile(r"\n\s*\n|\s(?:answer|solution)\s*:", re.I)
 _SELECTED = re.compile(r"Selected problem \(([^)\n]*)\):\n([^\n]+)")
+_HOP_RANGE = re.compile(r"\(between 1 and (\d+)\)")  # the rewrite prompt's hop bound
+# The rewrite prompt's line when opposite_distractor is False (the programmatic teacher reads it there).
+ONE_RULE_LINE = "Only one rule may mention the property in the statement.\n"
 _HOPS = re.compile(r"(\d+) hops?\b")
 _ASKED = re.compile(r"^Question: ([^\n]+)$", re.M)
 _CREATURE = re.compile(r"\b([a-z]+pus)(?:es)?\b")
@@ -47,14 +50,41 @@ class ProntoQATask(Task):
 
     name = "prontoqa"
     has_programmatic_teacher = True
-    # rouge_dedup stays True: despite the templated sentences, ROUGE-L between two different problems
-    # stayed below 0.6 (790 pairs of generated ones) and 0.46 (66 pairs of real ones), under the 0.7 cut.
+
+    def __init__(self, max_hops: Optional[int] = None, opposite_distractor: bool = True):
+        """max_hops: None (generated splits of 1-5 hops, rewrites of 1-7 hops), or the largest hop count
+        of both (1..MAX_HOPS). opposite_distractor: False leaves out of generated splits and rewrites
+        the rule that gives the queried property the opposite value on a creature the person is not
+        (ProntoQA's hardest distractor). Fewer hops and no such rule make short problems that a small
+        student learns within minutes on a CPU.
+
+        Raises:
+            ValueError: max_hops outside 1..MAX_HOPS.
+        """
+        if max_hops is not None and not 1 <= max_hops <= MAX_HOPS:
+            raise ValueError(f"prontoqa max_hops must be in 1..{MAX_HOPS}, got {max_hops}")
+        self.max_hops = max_hops
+        self.opposite_distractor = opposite_distractor
+        self.split_hops = GENERATED_HOPS if max_hops is None else range(1, max_hops + 1)
+        self.teacher_hops = TEACHER_HOPS if max_hops is None else range(1, max_hops + 1)
+
+    def with_options(self, max_hops: Optional[int] = None, opposite_distractor: Optional[bool] = None,
+                     **options) -> "ProntoQATask":
+        """A ProntoQATask with these options (None keeps this task's value). Raises ValueError as
+        __init__, or naming an unknown option."""
+        if options:
+            raise ValueError(f"task 'prontoqa' takes only the options max_hops and opposite_distractor, got {sorted(options)}")
+        max_hops = self.max_hops if max_hops is None else max_hops
+        opposite = self.opposite_distractor if opposite_distractor is None else opposite_distractor
+        if (max_hops, opposite) == (self.max_hops, self.opposite_distractor):
+            return self
+        return ProntoQATask(max_hops, opposite)
 
     # --- data -----------------------------------------------------------------------------------
     def load_splits(self, data_path, num_seeds, num_validation, num_test, seed) -> Splits:
         """Splits from a folder (files per `FOLDER_FILES`), one .json/.jsonl file (all three splits
-        sampled disjointly from it), or `data_path` "generate"/None (generated problems, 1-5 hops, ids
-        "prontoqa-gen-<i>"). File rows get ids "prontoqa-<file stem>-<0-based row>". All sampling from
+        sampled disjointly from it), or `data_path` "generate"/None (generated problems, 1-5 hops or
+        1..max_hops, ids "prontoqa-gen-<i>"). File rows get ids "prontoqa-<file stem>-<0-based row>". All sampling from
         `random.Random(seed)`.
 
         Raises:
@@ -63,7 +93,7 @@ class ProntoQATask(Task):
         """
         rng = random.Random(seed)
         if data_path in (None, "", "generate"):
-            problems = generate_problems(num_seeds + num_validation + num_test, rng, GENERATED_HOPS)
+            problems = generate_problems(num_seeds + num_validation + num_test, rng, self.split_hops, self.opposite_distractor)
             rows = [{"id": f"prontoqa-gen-{i}", "question": p.question, "answer": p.answer, "reference": str(p.label)} for i, p in enumerate(problems)]
             return _carve(rows, num_seeds, num_validation)
         path = Path(str(data_path)).expanduser()
@@ -98,10 +128,11 @@ class ProntoQATask(Task):
             'such as "Every wumpus is a yumpus." and "Yumpuses are not sour.", facts about one person, and a '
             "statement about that person that follows from a chain of rules (one rule per hop). Distractor rules "
             "must not lead to the statement.\n"
+            f"{'' if self.opposite_distractor else ONE_RULE_LINE}"
             f"{examples}\n\n"
             f"Selected problem ({_label(seed['question'])}):\n{' '.join(seed['question'].split())}\n\n"
             "Write ONE new problem: new made-up creature names (not used above), a different person, and a "
-            f"different number of hops (between 1 and {max(TEACHER_HOPS)}); its answer may be True or False. "
+            f"different number of hops (between 1 and {max(self.teacher_hops)}); its answer may be True or False. "
             "Do not solve it.\n"
             'Output the problem on one line after "New question:", ending with "True or false: <statement>."'
         )
@@ -152,15 +183,19 @@ class ProntoQATask(Task):
 
     def programmatic_teacher(self, prompt: str, rng: random.Random) -> str:
         """A rewrite prompt gets "New question: ..." from the generator: creature names absent from the
-        prompt, another person, a hop count drawn from `TEACHER_HOPS` other than the selected problem's,
-        a random answer. An answer prompt gets the solver's chain of thought."""
+        prompt, another person, a hop count other than the selected problem's from 1 to the prompt's
+        stated bound (TEACHER_HOPS when none is stated), a random answer, and no opposite-value rule when
+        the prompt holds ONE_RULE_LINE. An answer prompt gets the solver's chain of thought."""
         selected = _SELECTED.search(prompt)
         if selected:
             seed_hops = _HOPS.match(selected.group(1))  # absent when the seed was "unsolved"
             seed_hops = int(seed_hops.group(1)) if seed_hops else None
-            hops = rng.choice([h for h in TEACHER_HOPS if h != seed_hops and h <= MAX_HOPS])
+            stated = _HOP_RANGE.search(prompt)
+            top = min(int(stated.group(1)), MAX_HOPS) if stated else max(TEACHER_HOPS)
+            hops = rng.choice([h for h in range(1, top + 1) if h != seed_hops] or [1])
             others = [p for p in PERSONS if p != _person(selected.group(2))]
-            problem = generate_problem(rng, hops, exclude_names=_creatures(prompt), person=rng.choice(others))
+            problem = generate_problem(rng, hops, exclude_names=_creatures(prompt), person=rng.choice(others),
+                                       opposite_distractor=ONE_RULE_LINE not in prompt)
             return f"New question: {problem.question}"
         asked = _ASKED.findall(prompt)
         solution = solve(asked[-1]) if asked else None

@@ -103,11 +103,14 @@ def _is_rule(subject: str, obj: str, negated: bool, concept: bool, rng: random.R
 
 # --- generator -----------------------------------------------------------------------------------
 def generate_problem(
-    rng: random.Random, hops: int, label: Optional[bool] = None, exclude_names: Iterable[str] = (), person: Optional[str] = None
+    rng: random.Random, hops: int, label: Optional[bool] = None, exclude_names: Iterable[str] = (), person: Optional[str] = None,
+    opposite_distractor: bool = True,
 ) -> Problem:
     """A problem whose query needs exactly `hops` rules (hops - 1 "is a" rules along a chain of
     creatures, then the property rule of the last one). label: the wanted answer (random when None);
-    exclude_names: creature names not to use (e.g. those of the problem being rewritten).
+    exclude_names: creature names not to use (e.g. those of the problem being rewritten);
+    opposite_distractor: also state a rule giving the queried property the opposite value on a
+    creature the person is not (False: the queried property appears in one rule only, an easier problem).
 
     Raises:
         ValueError: hops outside 1..MAX_HOPS.
@@ -138,7 +141,8 @@ def generate_problem(
     final = _is_rule(chain[-1], queried, negated, False, rng)
     steps.append(f"{person} is {article(chain[-1])}. {final}")
     # distractors: the opposite value on a creature the person is not; a second creature the person is
-    rules += [final, _is_rule(opposite, queried, not negated, False, rng), _is_rule(second, adjectives[-1], flip(), False, rng)]
+    rules += [final] + ([_is_rule(opposite, queried, not negated, False, rng)] if opposite_distractor else [])
+    rules.append(_is_rule(second, adjectives[-1], flip(), False, rng))
     rng.shuffle(rules)
     facts = [f"{person} is {article(chain[0])}.", f"{person} is {article(second)}."]
     rng.shuffle(facts)
@@ -148,13 +152,13 @@ def generate_problem(
     return Problem(question, "\n".join(steps + [conclusion, f"The answer is {label}."]), label, hops)
 
 
-def generate_problems(count: int, rng: random.Random, hops: Iterable[int]) -> list[Problem]:
+def generate_problems(count: int, rng: random.Random, hops: Iterable[int], opposite_distractor: bool = True) -> list[Problem]:
     """`count` problems with distinct questions, hops drawn uniformly from `hops`, labels balanced
-    (alternating True/False, then shuffled)."""
+    (alternating True/False, then shuffled); opposite_distractor as in generate_problem."""
     choices = list(hops)
     out, seen = [], set()
     while len(out) < count:
-        problem = generate_problem(rng, rng.choice(choices), label=len(out) % 2 == 0)
+        problem = generate_problem(rng, rng.choice(choices), label=len(out) % 2 == 0, opposite_distractor=opposite_distractor)
         if problem.question not in seen:
             seen.add(problem.question)
             out.append(problem)

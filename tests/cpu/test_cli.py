@@ -77,7 +77,7 @@ def test_empty_seed_pool_and_duplicate_ids_are_named(tmp_path, monkeypatch):
     from loopdistill.schemas import SEEDS, make_table
     from loopdistill.tasks import DataError, Splits, get_task
 
-    config = load_config(QUICKSTART, ["task.name=game24"])
+    config = load_config(QUICKSTART, ["task.name=game24", "task.max_hops=null", "task.opposite_distractor=null"])
     row = {"id": "dup-1", "question": "q", "answer": "a", "reference": "1 2 3 4"}
     task = get_task("game24")
     monkeypatch.setattr(task, "load_splits", lambda *a: Splits(make_table(SEEDS, [row]), make_table(SEEDS, [row]), make_table(SEEDS, [])))

@@ -28,7 +28,7 @@ WRITE = os.environ.get("LOOPDISTILL_WRITE_GOLDEN") == "1"
 
 # Metrics that measure the machine (wall or busy seconds, money from seconds) or the process
 # (counters of actors restarted by the crash), not the outcome of the loop.
-VOLATILE = ("time/", "budget/accelerator_seconds", "budget/usd", "budget/student_seconds",
+VOLATILE = ("time/", "startup/", "budget/accelerator_seconds", "budget/usd", "budget/student_seconds",
             "budget/teacher_seconds", "budget/trainer_seconds", "budget/reward_seconds",
             "trainer/accelerator_seconds", "trainer/seconds", "teacher/rate_limit_wait_s",
             "trainer/tokens_per_s", "trainer/samples_per_s")

@@ -17,6 +17,8 @@ def test_ray_job_submit_runs_quickstart(tmp_path, shared_data):
     env = dict(os.environ, LOOPDISTILL_DATA_PATH=str(data), RAY_PORT="6391", RAY_DASHBOARD_PORT="8291")
     overrides = [
         "task.name=game24",
+        "task.max_hops=null",  # the quickstart's ProntoQA generator settings
+        "task.opposite_distractor=null",
         f"tracking.output_dir={out}",
         "student.model.path=tiny-random-llama",
         "teacher.model.path=tiny-random-llama",

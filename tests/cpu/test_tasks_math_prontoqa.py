@@ -326,3 +326,53 @@ def test_prontoqa_parse_rewrite():
     assert PRONTOQA.parse_rewrite(f"Here it is.\nNew question: {good}\n\nAnswer: True") == good
     assert PRONTOQA.parse_rewrite(f"New question: {good.replace('Alex is a', 'Max is a')}") is None  # unanswerable
     assert PRONTOQA.parse_rewrite(good) is None  # no marker
+
+
+def _queried_property_rules(question: str) -> int:
+    """How many rules of `question` mention the property its statement asks about."""
+    statement = question.rsplit("True or false:", 1)[1].strip().rstrip(".")
+    queried = statement.split()[-1]
+    context = question.rsplit("True or false:", 1)[0]
+    sentences = [s.strip().rstrip(".") for s in context.split(". ") if s.strip()]
+    return sum(1 for sentence in sentences if sentence.split()[-1] == queried)
+
+
+def test_without_the_opposite_distractor_the_queried_property_is_in_one_rule():
+    for hops in range(1, 6):
+        for label in (True, False):
+            hard = generate_problem(random.Random(hops), hops, label=label)
+            easy = generate_problem(random.Random(hops), hops, label=label, opposite_distractor=False)
+            assert _queried_property_rules(hard.question) == 2 and _queried_property_rules(easy.question) == 1
+            solution = solve(easy.question)  # the solver's own reading agrees with the label and the proof
+            assert solution.label == label and solution.hops == hops and solution.text() == easy.answer
+
+
+def test_max_hops_and_opposite_distractor_shape_splits_and_rewrites():
+    task = PRONTOQA.with_options(max_hops=2, opposite_distractor=False)
+    assert PRONTOQA.max_hops is None and PRONTOQA.opposite_distractor  # the registry's task is unchanged
+    splits = task.load_splits("generate", 40, 10, 10, seed=0)
+    rows = splits.seeds.to_pylist() + splits.validation.to_pylist() + splits.test.to_pylist()
+    assert {solve(r["question"]).hops for r in rows} == {1, 2}
+    assert all(_queried_property_rules(r["question"]) == 1 for r in rows)
+    seed, *shots = splits.seeds.to_pylist()[:4]
+    prompt = task.rewrite_prompt(seed, shots)
+    assert "(between 1 and 2)" in prompt and "Only one rule may mention the property" in prompt
+    rng = random.Random(5)
+    for _ in range(10):  # the programmatic teacher reads both settings from the prompt alone
+        question = task.parse_rewrite(task.programmatic_teacher(prompt, rng))
+        assert solve(question).hops in (1, 2) and solve(question).hops != solve(seed["question"]).hops
+        assert _queried_property_rules(question) == 1
+    with pytest.raises(ValueError, match="max_hops"):
+        PRONTOQA.with_options(max_hops=11)
+    with pytest.raises(ValueError, match="max_number"):
+        PRONTOQA.with_options(max_number=20)
+
+
+def test_prontoqa_generator_settings_are_refused_for_other_tasks():
+    from loopdistill.config import ConfigError, RunConfig
+
+    with pytest.raises(Exception, match="task.max_hops"):
+        RunConfig.model_validate({"task": {"name": "game24", "max_hops": 2}})
+    with pytest.raises(Exception, match="task.opposite_distractor"):
+        RunConfig.model_validate({"task": {"name": "gsm8k", "opposite_distractor": False}})
+    assert ConfigError  # the CLI's one-line error type for these (load_config wraps validation errors)
