@@ -42,7 +42,8 @@ _FACT = re.compile(r"^([A-Z][a-z]+) is (not )?(an? )?([a-z]+)$")
 @dataclass(frozen=True)
 class Problem:
     """A generated problem. question: context + " True or false: <statement>."; answer: the chain of
-    thought, one hop per line, ending "The answer is True." or "... False."; hops: rules applied."""
+    thought: "The statement says <statement>.", one hop per line, the conclusion, then "The answer is
+    True." or "... False."; hops: rules applied."""
 
     question: str
     answer: str
@@ -53,15 +54,21 @@ class Problem:
 @dataclass(frozen=True)
 class Solution:
     """The solver's result. steps: one line per hop ("Alex is a wumpus. Every wumpus is a yumpus.")
-    then the conclusion; hops: rules applied from the person's fact to the queried statement."""
+    then the conclusion; hops: rules applied from the person's fact to the queried statement;
+    statement: the queried statement as asked ("Alex is not sour"), "" when unknown."""
 
     label: bool
     steps: tuple[str, ...]
     hops: int
+    statement: str = ""
 
     def text(self) -> str:
-        """The worked answer: the steps, then "The answer is True." (or False)."""
-        return "\n".join(self.steps) + f"\nThe answer is {self.label}."
+        """The worked answer: the statement asked ("The statement says Alex is not sour."), the steps,
+        then "The answer is True." (or False). Stating the goal first lets a small student pick the
+        rule about the asked property before it chains, instead of following the person's first fact
+        and comparing at the end with a statement far back in the question."""
+        said = [f"The statement says {self.statement}."] if self.statement else []
+        return "\n".join([*said, *self.steps, f"The answer is {self.label}."])
 
 
 # --- wording -------------------------------------------------------------------------------------
@@ -149,7 +156,8 @@ def generate_problem(
     query_negated = negated if label else not negated
     question = " ".join(rules + facts) + f" True or false: {person} is {'not ' if query_negated else ''}{queried}."
     conclusion = f"{person} is {'not ' if negated else ''}{queried}."
-    return Problem(question, "\n".join(steps + [conclusion, f"The answer is {label}."]), label, hops)
+    asked = f"The statement says {person} is {'not ' if query_negated else ''}{queried}."  # as Solution.text()
+    return Problem(question, "\n".join([asked] + steps + [conclusion, f"The answer is {label}."]), label, hops)
 
 
 def generate_problems(count: int, rng: random.Random, hops: Iterable[int], opposite_distractor: bool = True) -> list[Problem]:
@@ -205,12 +213,13 @@ def solve(question: str) -> Optional[Solution]:
     if is_concept:  # closed world: a creature never reached is one the person is not
         holds = word in reached
         steps = _path(person, reached, word) if holds else [f"No rule makes {person} {article(word)}."]
-        return Solution(holds != negated, tuple(steps + [f"{person} is {'' if holds else 'not '}{article(word)}."]), max(len(steps) - (not holds), 0))
+        return Solution(holds != negated, tuple(steps + [f"{person} is {'' if holds else 'not '}{article(word)}."]),
+                        max(len(steps) - (not holds), 0), parts[1])
     if word not in derived:
         return None
     value, source, rule = derived[word]
     steps = _path(person, reached, source) + ([f"{person} is {article(source)}. {rule}"] if source else [])
-    return Solution(value != negated, tuple(steps + [f"{person} is {'' if value else 'not '}{word}."]), len(steps))
+    return Solution(value != negated, tuple(steps + [f"{person} is {'' if value else 'not '}{word}."]), len(steps), parts[1])
 
 
 def _parse_context(context: str) -> Optional[_Theory]:
