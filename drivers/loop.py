@@ -170,11 +170,10 @@ def load_splits(config: RunConfig) -> Splits:
 
 
 def configured_task(config: RunConfig) -> Task:
-    """The task named by `config.task` with its run options (Game of 24: `max_number`, `in_range_fraction`;
-    ProntoQA: `max_hops`, `opposite_distractor`)."""
-    keys = ("max_number", "in_range_fraction", "max_hops", "opposite_distractor")
-    options = {k: v for k in keys if (v := getattr(config.task, k)) is not None}
-    return get_task(config.task.name).with_options(**options)
+    """The task named by `config.task` with the run options it takes (`Task.OPTIONS`, e.g. Game of 24's
+    `max_number`) set from the config fields of the same names."""
+    task = get_task(config.task.name)
+    return task.with_options(**{k: v for k in task.OPTIONS if (v := getattr(config.task, k)) is not None})
 
 
 def _drive(config: RunConfig, splits: Splits, run_dir: Path, state: RunState | None, verbose: bool = True,

@@ -44,12 +44,25 @@ class Task(ABC):
         decontamination against validation/test (default: whitespace-collapsed, lower-cased text)."""
         return " ".join(question.split()).lower()
 
+    # Run options: keyword arguments of the task's constructor, kept as attributes of the same names,
+    # set per run through `with_options` (config section `task`, fields of the same names).
+    OPTIONS: tuple[str, ...] = ()
+
     def with_options(self, **options) -> "Task":
-        """This task with run options applied (e.g. Game of 24's `max_number`); the registry's instance
-        is never changed. Raises ValueError naming an option the task does not take."""
-        if options:
-            raise ValueError(f"task {self.name!r} takes no options, got {sorted(options)}")
-        return self
+        """This task with run options applied (e.g. Game of 24's `max_number`); an option given as None
+        keeps this task's value, and the registry's instance is never changed.
+
+        Raises:
+            ValueError: an option the task does not take (named), or a value its constructor refuses.
+        """
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            takes = f"only the options {', '.join(self.OPTIONS)}" if self.OPTIONS else "no options"
+            raise ValueError(f"task {self.name!r} takes {takes}, got {unknown}")
+        values = {key: getattr(self, key) if options.get(key) is None else options[key] for key in self.OPTIONS}
+        if all(values[key] == getattr(self, key) for key in self.OPTIONS):
+            return self
+        return type(self)(**values)
 
     @abstractmethod
     def load_splits(

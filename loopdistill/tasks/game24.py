@@ -66,6 +66,7 @@ class Game24Task(Task):
     name = "game24"
     has_programmatic_teacher = True
     rouge_dedup = False  # every question is one template; two puzzles differ only in four numbers
+    OPTIONS = ("max_number", "in_range_fraction")
 
     def __init__(self, max_number: int = DEFAULT_MAX_NUMBER, in_range_fraction: Optional[float] = None):
         """max_number: largest integer of a rewritten puzzle (>= 13). in_range_fraction: None, or the share
@@ -82,18 +83,6 @@ class Game24Task(Task):
                 raise ValueError(f"game24 in_range_fraction {in_range_fraction} < 1 needs max_number above {top}, got {max_number}")
         self.max_number = max_number
         self.in_range_fraction = in_range_fraction
-
-    def with_options(self, max_number: Optional[int] = None, in_range_fraction: Optional[float] = None, **options) -> "Game24Task":
-        """A Game24Task whose rewrites use integers 1..max_number, a share in_range_fraction of them all in
-        1..13 (None keeps this task's value of either). Raises ValueError as __init__, or naming an
-        unknown option."""
-        if options:
-            raise ValueError(f"task 'game24' takes only the options max_number and in_range_fraction, got {sorted(options)}")
-        max_number = self.max_number if max_number is None else max_number
-        fraction = self.in_range_fraction if in_range_fraction is None else in_range_fraction
-        if (max_number, fraction) == (self.max_number, self.in_range_fraction):
-            return self
-        return Game24Task(max_number, fraction)
 
     def dedup_key(self, question: str) -> str:
         """The sorted puzzle: "Use the numbers 4 6 1 1 ..." and "... 1 1 4 6 ..." are one problem."""

@@ -50,6 +50,7 @@ class ProntoQATask(Task):
 
     name = "prontoqa"
     has_programmatic_teacher = True
+    OPTIONS = ("max_hops", "opposite_distractor")
 
     def __init__(self, max_hops: Optional[int] = None, opposite_distractor: bool = True):
         """max_hops: None (generated splits of 1-5 hops, rewrites of 1-7 hops), or the largest hop count
@@ -67,18 +68,6 @@ class ProntoQATask(Task):
         self.opposite_distractor = opposite_distractor
         self.split_hops = GENERATED_HOPS if max_hops is None else range(1, max_hops + 1)
         self.teacher_hops = TEACHER_HOPS if max_hops is None else range(1, max_hops + 1)
-
-    def with_options(self, max_hops: Optional[int] = None, opposite_distractor: Optional[bool] = None,
-                     **options) -> "ProntoQATask":
-        """A ProntoQATask with these options (None keeps this task's value). Raises ValueError as
-        __init__, or naming an unknown option."""
-        if options:
-            raise ValueError(f"task 'prontoqa' takes only the options max_hops and opposite_distractor, got {sorted(options)}")
-        max_hops = self.max_hops if max_hops is None else max_hops
-        opposite = self.opposite_distractor if opposite_distractor is None else opposite_distractor
-        if (max_hops, opposite) == (self.max_hops, self.opposite_distractor):
-            return self
-        return ProntoQATask(max_hops, opposite)
 
     # --- data -----------------------------------------------------------------------------------
     def load_splits(self, data_path, num_seeds, num_validation, num_test, seed) -> Splits:
